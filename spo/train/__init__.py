@@ -1,0 +1,1 @@
+"""Training: config tree, the loop, checkpoints, logging, optimizer."""

@@ -1,0 +1,251 @@
+"""The one typed config tree for `spo train` (and the commands that share its parts).
+
+Resolution order: dataclass defaults < YAML file < `a.b=c` overrides (omegaconf structured
+configs, as in verl). The defaults ARE the demo: the embedded SmolLM2-135M-Instruct learning
+the built-in arithmetic task with SPO on a laptop CPU. Field names equal the keyword names
+of the functions they feed (`load_task(**task)`, `ppo_clip_loss(**loss)`, ...).
+
+Every field carries a `help` string; `spo train --help` is generated from them, so the
+documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; the message is one line for the user."""
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f(
+        "embedded:smollm2-135m-instruct",
+        "local Hugging Face model directory, or the embedded default (converted once, cached)",
+    )
+    dtype: str = _f("bfloat16", "weight dtype (bf16 is ~6x faster on AMX CPUs; fp32 master "
+                    "weights are kept by the optimizer)", ("bfloat16", "float32"))
+
+
+@dataclass
+class TaskConfig:
+    name: str = _f("arithmetic", "arithmetic | reasoning_gym:<dataset> | path to .jsonl/.parquet"
+                   " or a saved HF dataset dir (columns prompt, answer, optional id)")
+    train_size: int | None = _f(256, "number of training prompts (null = all)")
+    test_size: int = _f(128, "number of held-out prompts")
+    seed: int = _f(0, "seed of the procedural tasks and of the train/test split")
+    prompt_column: str = _f("prompt", "dataset column holding the user prompt")
+    answer_column: str = _f("answer", "dataset column holding the reference answer")
+    id_column: str = _f("id", "optional dataset column with stable prompt ids (else a content hash)")
+    test_path: str | None = _f(None, "optional separate held-out file for user datasets")
+    reward_fn: str | None = _f(None, "verifier: null = task default (math-verify for files), "
+                               "'exact', or 'pkg.module:function' / '/path/file.py:function'")
+    difficulty: str | None = _f(None, "built-in arithmetic difficulty mix (see docs/tasks.md)")
+    system_prompt: str | None = _f(None, "system prompt for the chat template (null = model default)")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = _f("hf", "rollout engine", ("hf",))
+    max_new_tokens: int = _f(24, "maximum generated tokens per response")
+    temperature: float = _f(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = _f(1.0, "nucleus sampling threshold")
+    batch_size: int = _f(64, "sequences generated together")
+
+
+@dataclass
+class RewardConfig:
+    timeout: float = _f(5.0, "seconds per verifier call; a timeout scores 0 and is counted")
+    workers: int = _f(2, "verifier processes (0 = in-process, no isolation: debugging only)")
+
+
+@dataclass
+class TrackerConfig:
+    init: str = _f("online", "tracker initialisation: offline = load `spo init-values` output; "
+                   "online = prior, learned while training; prior = prior_value/prior_count",
+                   ("online", "offline", "prior"))
+    offline_path: str | None = _f(None, "values file written by `spo init-values` (init=offline)")
+    rho: str = _f("drift", "forgetting-factor estimator: drift (O(1)/prompt), replay (reference "
+                  "code: stored response per prompt), constant", ("drift", "replay", "constant"))
+    rho_constant: float = _f(0.9, "rho when rho=constant")
+    rho_min: float = _f(0.875, "lower clip of rho (also sets N0 = 1/(1-rho_min))")
+    rho_max: float = _f(0.96, "upper clip of rho")
+    d_half: float = _f(0.06, "divergence at which rho halves: rho = 2^(-D/d_half)")
+    prior_value: float = _f(0.5, "v̂ of prompts never seen")
+    prior_count: float = _f(1.0, "effective count N of the prior")
+    drift_sample: int = _f(16, "sequences re-scored after each step to measure drift (rho=drift)")
+
+
+@dataclass
+class SamplerConfig:
+    mode: str = _f("auto", "prompt sampling: auto = the algorithm's own (SPO priority, groups "
+                   "uniform)", ("auto", "priority", "uniform"))
+    eps: float = _f(0.05, "priority floor: w ∝ sqrt(v̂(1-v̂)) + eps")
+
+
+@dataclass
+class LossConfig:
+    eps_low: float = _f(0.2, "PPO clip below: ratio >= 1 - eps_low")
+    eps_high: float = _f(0.28, "PPO clip above (clip-higher): ratio <= 1 + eps_high")
+    dual_clip: float = _f(10.0, "dual clip constant c for negative advantages")
+    agg: str = _f("token-mean", "loss aggregation",
+                  ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"))
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(2e-5, "learning rate (constant; paper: 1e-6 for 8B)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float | None = _f(1.0, "gradient clipping (null = off)")
+    updates_per_step: int = _f(1, "optimizer updates (mini-batches) per rollout batch")
+    micro_batch_size: int = _f(16, "sequences per forward/backward (gradient accumulation)")
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = _f(True, "write TensorBoard events to RUN_DIR/tb")
+    wandb: bool = _f(False, "also log to Weights & Biases (if installed)")
+    progress: bool = _f(True, "console progress bar")
+
+
+@dataclass
+class TrainConfig:
+    algo: str = _f("spo", "algorithm", ("spo", "grpo", "rloo", "dr_grpo"))
+    baseline: str = _f("tracker", "SPO baseline: tracker, or none (ablation: A = r, still "
+                       "batch-normalised)", ("tracker", "none"))
+    steps: int = _f(40, "training steps (rollout batch + updates)")
+    samples_per_step: int = _f(64, "responses per step; group algorithms use "
+                               "samples_per_step/group_size prompts x group_size")
+    group_size: int = _f(8, "responses per prompt for grpo/rloo/dr_grpo")
+    seed: int = _f(0, "seed of sampling, generation and initialisation")
+    run_dir: str | None = _f(None, "run directory (null = runs/<algo>-<time>)")
+    resume: bool = _f(False, "continue from the newest valid checkpoint in run_dir")
+    checkpoint_every: int = _f(10, "steps between checkpoints (one is always written at the end)")
+    keep_checkpoints: int = _f(2, "newest checkpoints kept on disk")
+    eval_every: int = _f(0, "steps between held-out evaluations (0 = only before/after)")
+    eval_size: int = _f(128, "held-out prompts used by in-training evaluation")
+    threads: int | None = _f(None, "torch CPU threads (null = all cores)")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    msg = str(e).strip().splitlines()[0]
+    key = getattr(e, "full_key", None)
+    return f"{key}: {msg}" if key and key not in msg else msg
+
+
+def load_config(config_path: str | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> TrainConfig:
+    """Defaults < `base` (e.g. a resumed run's saved config) < YAML < `key=value` overrides."""
+    try:
+        cfg = OmegaConf.structured(TrainConfig)
+        if base is not None:
+            cfg = OmegaConf.merge(cfg, base)
+        if config_path is not None:
+            path = Path(config_path)
+            if not path.is_file():
+                raise ConfigError(f"config file {config_path!r} not found")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not key=value (e.g. algo=grpo)")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"bad config: {_one_line(e)} (see `spo train --help`)") from None
+    validate(obj)
+    return obj
+
+
+def _walk(obj: Any, prefix: str = ""):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, value
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check choices and ranges; raise ConfigError naming the key."""
+    for key, f, value in _walk(cfg):
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
+    positive = ["steps", "samples_per_step", "group_size", "rollout.max_new_tokens",
+                "rollout.batch_size", "optim.updates_per_step", "optim.micro_batch_size",
+                "checkpoint_every", "keep_checkpoints", "task.test_size"]
+    values = {k: v for k, _, v in _walk(cfg)}
+    for key in positive:
+        if values[key] <= 0:
+            raise ConfigError(f"{key} must be > 0, got {values[key]}")
+    if cfg.algo != "spo" and cfg.samples_per_step % cfg.group_size:
+        raise ConfigError(
+            f"samples_per_step={cfg.samples_per_step} is not divisible by group_size="
+            f"{cfg.group_size} (needed by algo={cfg.algo}); pick multiples of group_size"
+        )
+    if cfg.algo != "spo" and cfg.group_size < 2:
+        raise ConfigError(f"group_size must be >= 2 for algo={cfg.algo}, got {cfg.group_size}")
+    if cfg.samples_per_step % cfg.optim.updates_per_step:
+        raise ConfigError(
+            f"samples_per_step={cfg.samples_per_step} is not divisible by "
+            f"optim.updates_per_step={cfg.optim.updates_per_step}"
+        )
+    t = cfg.tracker
+    if not 0 < t.rho_min <= t.rho_max < 1:
+        raise ConfigError(f"need 0 < tracker.rho_min <= tracker.rho_max < 1, got "
+                          f"{t.rho_min}, {t.rho_max}")
+    if not 0 < t.rho_constant <= 1:
+        raise ConfigError(f"tracker.rho_constant must be in (0, 1], got {t.rho_constant}")
+    if not 0 <= t.prior_value <= 1 or t.prior_count <= 0:
+        raise ConfigError("tracker.prior_value must be in [0, 1] and tracker.prior_count > 0")
+    if t.init == "offline" and not t.offline_path:
+        raise ConfigError("tracker.init=offline needs tracker.offline_path=<file from "
+                          "`spo init-values`>")
+    if cfg.rollout.temperature < 0 or not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.reward.timeout <= 0 or cfg.reward.workers < 0:
+        raise ConfigError("reward.timeout must be > 0 and reward.workers >= 0")
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def help_text() -> str:
+    """Every option with its type, default and meaning (for `spo train --help`)."""
+    lines = []
+    for key, f, value in _walk(TrainConfig()):
+        typ = getattr(f.type, "__name__", None) or str(f.type)
+        choices = f.metadata.get("choices")
+        extra = f" {{{'|'.join(choices)}}}" if choices else ""
+        lines.append(f"  {key}={value!s}{extra}\n      {f.metadata['help']} [{typ}]")
+    return "\n".join(lines)

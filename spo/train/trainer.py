@@ -1,0 +1,467 @@
+"""The training loop: SPO and the group baselines in one linear harness.
+
+One step (design.md):
+    ids      = sampler.draw(tracker.values(), prompts_per_step)    # prioritised for SPO
+    rollouts = engine.generate(prompts[ids] × responses_per_prompt, seed=f(seed, step))
+    reward   = reward_pool(rollouts)                                # isolated, time-limited
+    adv      = ADVANTAGES[algo](reward, baseline=tracker.value(ids) (pre-update), groups)
+    for mini-batch: optimizer.step(ppo_clip_loss(...))
+    rho      = forgetting(ids, policy before/after)                 # drift | replay | constant
+    tracker.update(ids, reward, rho)                                 # after the policy update
+
+The algorithm is data (`ALGORITHMS`): GRPO differs from SPO only by responses per prompt,
+advantage function and sampler mode. Fairness is structural: every algorithm generates
+`samples_per_step` responses and takes `optim.updates_per_step` optimizer steps per step.
+
+Resume is lossless: generation is seeded from (seed, step), the sampler RNG, tracker, drift
+state, replay store, optimizer (fp32 masters) and counters are checkpointed, so N straight
+steps and k steps + resume to N draw the same prompts and give the same tracker state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spo.algo import (
+    ADVANTAGES,
+    DriftTracker,
+    PrioritySampler,
+    ValueTracker,
+    advantage_variance,
+    degenerate_fraction,
+    policy_drift,
+    ppo_clip_loss,
+    replay_divergence,
+    rho_from_divergence,
+    small_advantage_fraction,
+)
+from spo.logprobs import completion_logp
+from spo.models import load_policy
+from spo.rewards import RewardPool
+from spo.rollout.batch import pack
+from spo.rollout.hf import HFEngine
+from spo.tasks import load_task
+from spo.train import checkpoint as ckpt
+from spo.train.config import TrainConfig, to_dict, to_yaml
+from spo.train.logging import RunLogger, truncate_metrics
+from spo.train.optim import MasterWeightAdamW
+from spo.train.replay import ReplayStore
+from spo.train.values import load_values
+
+
+class TrainError(ValueError):
+    """A run that cannot start or continue; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    advantage: str  # key of spo.algo.ADVANTAGES
+    grouped: bool  # G responses per prompt, advantage over the group
+    sampler: str  # default prompt sampling: priority | uniform
+
+
+ALGORITHMS = {
+    "spo": Algorithm(advantage="spo", grouped=False, sampler="priority"),
+    "grpo": Algorithm(advantage="grpo", grouped=True, sampler="uniform"),
+    "rloo": Algorithm(advantage="rloo", grouped=True, sampler="uniform"),
+    "dr_grpo": Algorithm(advantage="dr_grpo", grouped=True, sampler="uniform"),
+}
+
+
+def _step_seed(seed: int, step: int, stream: int) -> int:
+    """Independent, reproducible seeds per (run seed, step, purpose)."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0])
+
+
+def _task_kwargs(cfg: TrainConfig) -> dict:
+    """TaskConfig fields that `load_task` takes (system_prompt feeds the chat template)."""
+    return {k: v for k, v in dataclasses.asdict(cfg.task).items() if k != "system_prompt"}
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{cfg.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class Trainer:
+    """Owns the policy, task, tracker, sampler and run directory of one training run."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.algo = ALGORITHMS[cfg.algo]
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self._check_run_dir()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+        resume_from = self._resume_checkpoint() if cfg.resume else None
+        self.task = load_task(**_task_kwargs(cfg))
+        if not self.task.train:
+            raise TrainError(f"task {cfg.task.name!r} has no training prompts")
+        self.train_examples = self.task.train
+        self.eval_examples = self.task.test[: cfg.eval_size]
+
+        model_source = str(resume_from) if resume_from else cfg.model.path
+        self.model, self.tokenizer = load_policy(model_source, dtype=cfg.model.dtype)
+        self.prompt_tokens = self._encode([ex.prompt for ex in self.train_examples])
+        r = cfg.rollout
+        self.engine = HFEngine(self.model, self.tokenizer, max_new_tokens=r.max_new_tokens,
+                               temperature=r.temperature, top_p=r.top_p, batch_size=r.batch_size)
+        self.rewards = RewardPool(self.task.verifier, timeout=cfg.reward.timeout,
+                                  workers=cfg.reward.workers)
+        self.optimizer = MasterWeightAdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.max_grad_norm)
+
+        n = len(self.train_examples)
+        t = cfg.tracker
+        self.tracker = ValueTracker(n, rho_min=t.rho_min, rho_max=t.rho_max,
+                                    prior_value=t.prior_value, prior_count=t.prior_count)
+        self.drift = DriftTracker(n)
+        self.replay = ReplayStore()
+        mode = self.algo.sampler if cfg.sampler.mode == "auto" else cfg.sampler.mode
+        self.sampler = PrioritySampler(eps=cfg.sampler.eps, seed=cfg.seed, mode=mode)
+        self.step = 0
+        self.samples_seen = 0
+        self.train_seconds = 0.0
+        self._stop_requested = False
+
+        if resume_from is not None:
+            self._load_state(resume_from)
+        elif t.init == "offline":
+            self._init_offline(t.offline_path)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if resume_from is not None:
+            truncate_metrics(metrics_path, self.step)
+        elif metrics_path.exists():
+            metrics_path.unlink()  # only reachable for a run dir without checkpoints
+        self.logger = RunLogger(self.run_dir, tensorboard=cfg.log.tensorboard,
+                                wandb=cfg.log.wandb, config=to_dict(cfg))
+
+    # ---------------------------------------------------------------- set-up helpers
+    def _check_run_dir(self) -> None:
+        existing = ckpt.list_checkpoints(self.ckpt_root)
+        if existing and not self.cfg.resume:
+            raise TrainError(
+                f"run_dir {str(self.run_dir)!r} already holds checkpoints; pass resume=true to "
+                "continue it or choose another run_dir (nothing was overwritten)"
+            )
+        if self.cfg.resume and not existing:
+            raise TrainError(f"resume=true but {str(self.ckpt_root)!r} has no complete "
+                             "checkpoint; start without resume or point run_dir at a run")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise TrainError(f"run_dir {str(self.run_dir)!r} is not writable ({e.strerror}); "
+                             "choose another run_dir") from None
+
+    def _resume_checkpoint(self) -> Path:
+        """Newest checkpoint whose state files load; older ones are fallbacks."""
+        candidates = ckpt.list_checkpoints(self.ckpt_root)
+        for path in reversed(candidates):
+            try:
+                ckpt.read_state(path)
+                return path
+            except ckpt.CheckpointError as e:
+                print(f"warning: skipping {path.name}: {e}")
+        raise TrainError(f"no readable checkpoint in {str(self.ckpt_root)!r}")
+
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        from spo.models import encode_prompts
+
+        return encode_prompts(self.tokenizer, prompts, system_prompt=self.cfg.task.system_prompt)
+
+    def _init_offline(self, path: str) -> None:
+        ids = [ex.id for ex in self.train_examples]
+        idx, successes, trials = load_values(path, ids)
+        if len(idx) == 0:
+            raise TrainError(f"values file {path!r} shares no prompt id with task "
+                             f"{self.cfg.task.name!r}; rerun `spo init-values` for this task")
+        self.tracker.init_from_counts(idx, successes, trials)
+        missing = len(ids) - len(idx)
+        if missing:
+            print(f"offline init: {missing} of {len(ids)} prompts not in {path}; they start "
+                  "at the prior")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "train_seconds": self.train_seconds,
+            "prompt_ids": np.array([ex.id for ex in self.train_examples]),
+            "tracker": self.tracker.state_dict(),
+            "drift": self.drift.state_dict(),
+            "replay": self.replay.state_dict(),
+            "sampler": self.sampler.state_dict(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        def write(tmp: Path) -> None:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            ckpt.write_state(tmp, self._state())
+            (tmp / "config.yaml").write_text(to_yaml(self.cfg))
+
+        return ckpt.save_checkpoint(self.ckpt_root, self.step, write,
+                                    keep=self.cfg.keep_checkpoints)
+
+    def _load_state(self, path: Path) -> None:
+        state = ckpt.read_state(path)
+        ids = [str(x) for x in state["prompt_ids"]]
+        if ids != [ex.id for ex in self.train_examples]:
+            raise TrainError(f"checkpoint {path} was trained on different prompts than task "
+                             f"{self.cfg.task.name!r} gives now; resume with the run's task "
+                             "settings (see its config.yaml)")
+        try:
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+            self.tracker.load_state_dict(state["tracker"])
+            self.drift.load_state_dict(state["drift"])
+            self.replay.load_state_dict(state.get("replay", {}))
+            self.sampler.load_state_dict(state["sampler"])
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            raise TrainError(f"checkpoint {path} does not match this run "
+                             f"({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        self.step = int(state["step"])
+        self.samples_seen = int(state["samples_seen"])
+        self.train_seconds = float(state["train_seconds"])
+
+    # ------------------------------------------------------------------- the step
+    def train_step(self) -> dict[str, float]:
+        cfg, step = self.cfg, self.step + 1
+        t_start = time.perf_counter()
+        group = cfg.group_size if self.algo.grouped else 1
+        prompts_per_step = cfg.samples_per_step // group
+        if prompts_per_step > len(self.train_examples):
+            raise TrainError(f"{prompts_per_step} distinct prompts per step but the task has "
+                             f"only {len(self.train_examples)}; raise task.train_size or lower "
+                             "samples_per_step")
+        ids = self.sampler.draw(self.tracker.values(), prompts_per_step)
+        ids_B = np.repeat(ids, group)
+        group_id_B = torch.from_numpy(np.repeat(np.arange(prompts_per_step), group))
+
+        rollouts = self.engine.generate([self.prompt_tokens[i] for i in ids_B],
+                                        seed=_step_seed(cfg.seed, step, 0))
+        t_gen = time.perf_counter()
+        scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in ids_B])
+        reward_B = torch.from_numpy(np.asarray(scored.reward_B, dtype=np.float32))
+        t_score = time.perf_counter()
+
+        # Baseline is read BEFORE this step's rewards are absorbed (unbiased gradient).
+        if cfg.baseline == "none" and not self.algo.grouped:
+            adv_name, baseline_B = "none", torch.zeros_like(reward_B)
+        else:
+            adv_name = self.algo.advantage
+            baseline_B = torch.from_numpy(self.tracker.value(ids_B).astype(np.float32))
+        adv_B = ADVANTAGES[adv_name](reward_B, baseline_B=baseline_B, group_id_B=group_id_B)
+
+        batch = pack(rollouts.prompt_ids, rollouts.completion_ids,
+                     pad_id=self.tokenizer.pad_token_id)
+        train_stats, old_logp_BT = self._update(batch, adv_B)
+        t_train = time.perf_counter()
+
+        rho, rho_stats = self._forgetting(ids_B, batch, rollouts, old_logp_BT)
+        self.tracker.update(ids_B, reward_B.numpy(), rho, step=step)
+        t_end = time.perf_counter()
+
+        self.step = step
+        self.samples_seen += len(ids_B)
+        self.train_seconds += t_end - t_start
+        return self._step_metrics(reward_B, baseline_B, group_id_B, adv_name, ids, scored,
+                                  rollouts, train_stats, rho_stats,
+                                  (t_start, t_gen, t_score, t_train, t_end))
+
+    def _update(self, batch, adv_B: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+        """PPO-clip updates over `updates_per_step` mini-batches; returns stats and the
+        pre-update log-probs (needed by the drift/replay estimators)."""
+        cfg = self.cfg
+        B = adv_B.shape[0]
+        n_updates = cfg.optim.updates_per_step
+        mb = B // n_updates
+        micro = cfg.optim.micro_batch_size
+        temperature = cfg.rollout.temperature or 1.0
+        mask_BT = batch.completion_mask_BT
+        old_logp_BT = torch.zeros(mask_BT.shape, dtype=torch.float32)
+        if n_updates > 1:  # later mini-batches need log-probs of the policy before the step
+            with torch.no_grad():
+                for lo in range(0, B, micro):
+                    sub = batch.select(torch.arange(lo, min(lo + micro, B)))
+                    lp = completion_logp(self.model, sub, temperature=temperature)
+                    old_logp_BT[lo:lo + lp.shape[0], : lp.shape[1]] = lp
+        self.model.train()
+        sums: dict[str, float] = {}
+        losses, grad_norms = [], []
+        for u in range(n_updates):
+            lo_u, hi_u = u * mb, (u + 1) * mb
+            n_tokens = float(mask_BT[lo_u:hi_u].sum())
+            loss_total = 0.0
+            for lo in range(lo_u, hi_u, micro):
+                idx = torch.arange(lo, min(lo + micro, hi_u))
+                sub = batch.select(idx)
+                logp_bt = completion_logp(self.model, sub, temperature=temperature)
+                T = logp_bt.shape[1]
+                if n_updates == 1:  # on-policy: the pre-update log-probs are these, detached
+                    old_logp_BT[idx, :T] = logp_bt.detach()
+                old_bt = old_logp_BT[idx, :T]
+                loss, stats = ppo_clip_loss(
+                    logp_bt, old_bt, adv_B[idx], sub.completion_mask_BT,
+                    eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
+                    dual_clip=cfg.loss.dual_clip, agg=cfg.loss.agg)
+                # Exact mini-batch aggregate from micro-batches: re-weight local means.
+                local_tokens = float(sub.completion_mask_BT.sum())
+                weight = (local_tokens / max(n_tokens, 1.0) if cfg.loss.agg == "token-mean"
+                          else len(idx) / mb)
+                (loss * weight).backward()
+                loss_total += float(loss) * weight
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + float(value) * len(idx)
+            grad_norms.append(self.optimizer.step())
+            losses.append(loss_total)
+        self.model.eval()
+        out = {f"train/{k}": v / B for k, v in sums.items()}
+        out["train/loss"] = float(np.mean(losses))
+        out["train/grad_norm"] = float(np.mean(grad_norms))
+        return out, old_logp_BT
+
+    def _forgetting(self, ids_B, batch, rollouts, old_logp_BT):
+        """rho per sample: constant, cumulative drift (O(1)/prompt) or replay (reference)."""
+        t = self.cfg.tracker
+        temperature = self.cfg.rollout.temperature or 1.0
+        clip = {"d_half": t.d_half, "rho_min": t.rho_min, "rho_max": t.rho_max}
+        if t.rho == "constant":
+            return t.rho_constant, {}
+        if t.rho == "drift":
+            n = min(t.drift_sample, len(ids_B))
+            sub = batch.select(torch.arange(n))
+            with torch.no_grad():
+                new = completion_logp(self.model, sub, temperature=temperature)
+            step_drift = float(policy_drift(new, old_logp_BT[:n, : new.shape[1]],
+                                            sub.completion_mask_BT))
+            self.drift.advance(step_drift)
+            d_B = self.drift.divergence(ids_B)
+            self.drift.mark(ids_B)
+            return rho_from_divergence(d_B, **clip), {"rho/step_drift": step_drift}
+        # replay: the reference code's estimator (one stored response per prompt)
+        d_B = np.zeros(len(ids_B), dtype=np.float32)
+        known = [i for i, pid in enumerate(ids_B) if pid in self.replay]
+        with torch.no_grad():
+            if known:
+                stored = [self.replay.get(int(ids_B[i])) for i in known]
+                old = pack([self.prompt_tokens[ids_B[i]] for i in known],
+                           [s[0].tolist() for s in stored], pad_id=self.tokenizer.pad_token_id)
+                new = completion_logp(self.model, old, temperature=temperature)
+                stored_BT = torch.zeros_like(new)
+                for row, (_, lp) in enumerate(stored):
+                    stored_BT[row, : len(lp)] = torch.from_numpy(lp)
+                d_B[known] = replay_divergence(new, stored_BT, old.completion_mask_BT).numpy()
+            after = completion_logp(self.model, batch, temperature=temperature)
+        lengths = batch.completion_mask_BT.sum(1).tolist()
+        for row, pid in enumerate(ids_B):
+            n_tok = int(lengths[row])
+            self.replay.put(int(pid), np.asarray(rollouts.completion_ids[row], dtype=np.int32),
+                            after[row, :n_tok].numpy().astype(np.float32))
+        return rho_from_divergence(d_B, **clip), {"rho/replay_bytes": float(self.replay.nbytes)}
+
+    def _step_metrics(self, reward_B, baseline_B, group_id_B, adv_name, ids, scored, rollouts,
+                      train_stats, rho_stats, times) -> dict[str, float]:
+        t_start, t_gen, t_score, t_train, t_end = times
+        raw_adv_B = reward_B - baseline_B
+        if self.algo.grouped:  # the group-mean baseline of the update itself
+            means = torch.zeros(int(group_id_B.max()) + 1).index_add_(0, group_id_B, reward_B)
+            raw_adv_B = reward_B - (means / torch.bincount(group_id_B).float())[group_id_B]
+        lengths = np.array([len(c) for c in rollouts.completion_ids])
+        values = self.tracker.value(ids)
+        counts = self.tracker.count(ids)
+        m = {
+            "samples": self.samples_seen,
+            "reward/mean": float(reward_B.mean()),
+            "reward/timeouts": scored.timeouts,
+            "reward/errors": scored.errors,
+            "adv/variance": float(advantage_variance(raw_adv_B)),
+            "adv/degenerate_fraction": float(degenerate_fraction(reward_B, group_id_B)),
+            "adv/abs_le_1e-4": float(small_advantage_fraction(raw_adv_B, 1e-4)),
+            "adv/abs_le_0.02": float(small_advantage_fraction(raw_adv_B, 0.02)),
+            "tracker/value_mean": float(values.mean()),
+            "tracker/count_mean": float(counts.mean()),
+            "tracker/seen_fraction": float(self.tracker.seen_fraction()),
+            "completion/length_mean": float(lengths.mean()),
+            "completion/truncated_fraction": float(1 - np.mean(rollouts.finished)),
+            "time/generate": t_gen - t_start,
+            "time/score": t_score - t_gen,
+            "time/train": t_train - t_score,
+            "time/tracker": t_end - t_train,
+            "time/step": t_end - t_start,
+            "throughput/samples_per_s": len(reward_B) / (t_end - t_start),
+            "throughput/gen_tokens_per_s": float(lengths.sum()) / max(t_gen - t_start, 1e-9),
+            "wall_seconds": self.train_seconds,
+            **train_stats,
+            **rho_stats,
+        }
+        if adv_name != self.algo.advantage:
+            m["adv/name_" + adv_name] = 1.0
+        return m
+
+    # ---------------------------------------------------------------------- run
+    def _on_signal(self, signum, _frame) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print(f"\n{signal.Signals(signum).name}: finishing this step, checkpointing, exiting")
+
+    def evaluate(self, *, k: int = 1) -> dict[str, float]:
+        from spo.eval import evaluate_examples
+
+        return evaluate_examples(self.model, self.tokenizer, self.task, self.eval_examples,
+                                 k=k, max_new_tokens=self.cfg.rollout.max_new_tokens,
+                                 temperature=self.cfg.rollout.temperature or 1.0,
+                                 system_prompt=self.cfg.task.system_prompt,
+                                 reward_pool=self.rewards, seed=self.cfg.seed)
+
+    def run(self, *, progress=None) -> dict[str, float]:
+        """Train until cfg.steps (or a stop signal); checkpoint periodically and at the end."""
+        cfg = self.cfg
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        last: dict[str, float] = {}
+        try:
+            bar = None
+            if cfg.log.progress and progress is None:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo}", unit="step")
+            while self.step < cfg.steps and not self._stop_requested:
+                last = self.train_step()
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    last.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+                self.logger.log(self.step, last)
+                if bar is not None:
+                    bar.set_postfix(reward=f"{last['reward/mean']:.2f}",
+                                    s_per_step=f"{last['time/step']:.1f}")
+                    bar.update(1)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+            if self._stop_requested and self.step % cfg.checkpoint_every and self.step:
+                self.save_checkpoint()
+            if bar is not None:
+                bar.close()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return last
+
+    def close(self) -> None:
+        self.rewards.close()
+        self.logger.close()
+
