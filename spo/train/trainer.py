@@ -250,6 +250,7 @@ class Trainer:
                              f"only {len(self.train_examples)}; raise task.train_size or lower "
                              "samples_per_step")
         ids = self.sampler.draw(self.tracker.values(), prompts_per_step)
+        self.last_prompt_ids = ids
         ids_B = np.repeat(ids, group)
         group_id_B = torch.from_numpy(np.repeat(np.arange(prompts_per_step), group))
 
