@@ -1,4 +1,4 @@
-"""The `spo` command: train | demo | init-values | eval | simulate.
+"""The `spo` command: train | demo | init-values | eval | report | simulate.
 
 Every user error (bad config, missing file, wrong model path, corrupt checkpoint, bad
 reward) is printed as one line `spo: error: ...` with exit code 2; tracebacks are kept
@@ -207,17 +207,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="values.parquet", help="output parquet file")
     p.set_defaults(func=cmd_init_values)
 
-    try:
-        from spo import sim
-    except ImportError:
-        sim = None
-    if sim is not None:
-        p = sub.add_parser("simulate", help="agentic throughput simulation: group-based vs "
-                           "group-free rollouts (the paper's 4.35x example and beyond)",
+    # Commands whose module owns its arguments: add_arguments(parser) + run(args) -> int.
+    for name, module, help in [
+        ("eval", "spo.eval", "evaluate a model or every checkpoint of a run: avg@k, pass@k, "
+         "maj@k"),
+        ("report", "spo.report", "HTML report with plots from one or more run directories"),
+        ("simulate", "spo.sim", "agentic throughput simulation: group-based vs group-free "
+         "rollouts (the paper's 4.35x example and beyond)"),
+    ]:
+        mod = _optional_module(module)
+        if mod is None or not hasattr(mod, "add_arguments"):
+            continue
+        p = sub.add_parser(name, help=help, description=help,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        sim.add_arguments(p)
-        p.set_defaults(func=sim.run)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
     return parser
+
+
+def _optional_module(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
