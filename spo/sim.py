@@ -45,6 +45,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -309,11 +310,19 @@ class SimConfig:
             )
         n = self.oversample * self.batch
         if abs(n - round(n)) > 1e-9 or round(n) % self.group_size:
-            groups = max(self.batch // self.group_size, math.floor(n / self.group_size))
+            near = sorted(
+                {
+                    max(self.batch // self.group_size, math.floor(n / self.group_size)),
+                    math.ceil(n / self.group_size),
+                }
+            )
+            options = " or ".join(
+                f"{Fraction(k * self.group_size, self.batch)} ({k} groups)" for k in near
+            )
             raise SimError(
                 f"oversample {self.oversample:g} x batch {self.batch} = {n:g} launched samples "
-                f"is not a whole number of groups of {self.group_size}; e.g. oversample "
-                f"{groups * self.group_size / self.batch:g} launches {groups} groups"
+                f"is not a whole number of groups of {self.group_size}; try --oversample "
+                f"{options}"
             )
         if self.trials * self.launched > MAX_DRAWS:
             raise SimError(
@@ -568,6 +577,7 @@ def plot_result(result: SimResult, sweep: list[SimResult], path: str | Path) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     cfg = result.config
     fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(16, 4.8))
@@ -587,6 +597,9 @@ def plot_result(result: SimResult, sweep: list[SimResult], path: str | Path) -> 
         )
         ax0.axvline(s.time_mean, color=COLORS[name], ls="--", lw=1)
     ax0.set_xscale("log")
+    ax0.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax0.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax0.xaxis.set_minor_formatter(NullFormatter())
     ax0.set_xlabel("time to batch (s, log scale)")
     ax0.set_ylabel(f"trials (of {cfg.trials})")
     ax0.set_title(
@@ -727,6 +740,16 @@ def _fracs(text: str) -> list[float]:
     return fracs
 
 
+def _fraction(text: str) -> float:
+    try:
+        num, _, den = text.partition("/")
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a number or a fraction like 4/3"
+        ) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register `spo simulate` options on `parser`."""
     d, c = Latency(), SimConfig()
@@ -801,9 +824,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--oversample",
-        type=float,
+        type=_fraction,
         default=c.oversample,
-        help=f"launched / kept samples, same for both (default {c.oversample:g})",
+        help=f"launched / kept samples, same for both; a number or a fraction like 4/3 "
+        f"(default {c.oversample:g})",
     )
     g = parser.add_argument_group("trials and output")
     g.add_argument(
@@ -892,7 +916,12 @@ def run(args: argparse.Namespace) -> int:
             if sweep:
                 payload["sweep"] = [r.to_dict() for r in sweep]
             _write_json(args.json, payload)
-    except (SimError, OSError) as e:
+    except SimError as e:
         print(f"spo: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(
+            f"spo: error: cannot write {e.filename or 'output'}: {e.strerror or e}", file=sys.stderr
+        )
         return 2
     return 0

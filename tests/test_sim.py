@@ -230,7 +230,7 @@ def test_ten_thousand_trials_well_under_a_second():
         ({"trials": 0}, "trials must be a positive integer"),
         ({"batch": 20}, "must be a multiple of group_size"),
         ({"oversample": 0.5}, "oversample must be >= 1"),
-        ({"oversample": 1.2}, "not a whole number of groups"),
+        ({"oversample": 1.2}, r"try --oversample 1 \(3 groups\) or 4/3 \(4 groups\)"),
         ({"ci": "jackknife"}, "valid: normal, bootstrap"),
         ({"ci_level": 1.0}, "ci_level must be in"),
         ({"trials": 10_000_000}, "use fewer trials"),
@@ -309,3 +309,17 @@ def test_run_writes_json_and_plot(tmp_path, capsys):
     assert out_png.stat().st_size > 10_000
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "stragglers" in capsys.readouterr().out  # the sweep table
+
+
+def test_unwritable_output_is_one_error_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    argv = ["--trials", "10", "--json", str(blocker / "r.json")]
+    assert sim.run(parse(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spo: error: cannot write") and err.count("\n") == 1
+
+
+def test_oversample_accepts_a_fraction():
+    args = parse(["--oversample", "4/3"])
+    assert sim.config_from_args(args).launched == 32
