@@ -392,7 +392,6 @@ class Trainer:
             "reward/timeouts": scored.timeouts,
             "reward/errors": scored.errors,
             "adv/variance": float(advantage_variance(raw_adv_B)),
-            "adv/degenerate_fraction": float(degenerate_fraction(reward_B, group_id_B)),
             "adv/abs_le_1e-4": float(small_advantage_fraction(raw_adv_B, 1e-4)),
             "adv/abs_le_0.02": float(small_advantage_fraction(raw_adv_B, 0.02)),
             "tracker/value_mean": float(values.mean()),
@@ -411,8 +410,10 @@ class Trainer:
             **train_stats,
             **rho_stats,
         }
-        if adv_name != self.algo.advantage:
-            m["adv/name_" + adv_name] = 1.0
+        if self.algo.grouped:  # singleton "groups" of SPO would all count as degenerate
+            m["adv/degenerate_fraction"] = float(degenerate_fraction(reward_B, group_id_B))
+            m["adv/variance_nondegenerate"] = float(advantage_variance(
+                raw_adv_B, group_id_B, exclude_degenerate=True, reward_B=reward_B))
         return m
 
     # ---------------------------------------------------------------------- run
