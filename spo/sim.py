@@ -44,7 +44,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -412,8 +412,6 @@ def simulate(config: SimConfig) -> SimResult:
 
 def sweep_straggler_frac(config: SimConfig, fracs: list[float]) -> list[SimResult]:
     """simulate() at each straggler fraction, same seed (so the base times are shared)."""
-    from dataclasses import replace
-
     return [
         simulate(replace(config, latency=replace(config.latency, straggler_frac=f))) for f in fracs
     ]
@@ -433,8 +431,8 @@ def paper_sample_times_N() -> np.ndarray:
 
     Group j (samples 8j..8j+7) has the stated completion time as its max, 4 samples on an
     even 4-s grid 20..112 s (24 in all, the slowest exactly 112 s) and 3 between 112 s and
-    its max; so the 24th-fastest sample is 112 s and the 3rd-fastest group 486 s. Only
-    those two facts come from the paper; the rest is one arbitrary choice among many.
+    its max; so the 24th-fastest sample is 112 s and the 3rd-fastest group 486 s. Only the
+    six maxima and 112 s come from the paper; the rest is one arbitrary choice among many.
     """
     fast_J4 = np.linspace(20.0, PAPER_GROUP_FREE_TIME, 24).reshape(4, 6).T
     groups = []
@@ -554,6 +552,7 @@ def format_result(result: SimResult) -> str:
 
 
 def format_sweep(sweep: list[SimResult]) -> str:
+    """One row per straggler fraction: both mean times, speed-up, wasted slot-time."""
     lines = [
         f"{'stragglers':>10} {'group-based s':>14} {'group-free s':>13} {'speed-up':>9} "
         f"{'wasted: group-based':>20} {'group-free':>11}"
