@@ -1,0 +1,145 @@
+"""Advantages: SPO batch normalisation (§4), GRPO / Dr. GRPO / RLOO (§7), registry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spo.algo import (
+    ADVANTAGE_NEEDS_BASELINE,
+    ADVANTAGE_NEEDS_GROUPS,
+    ADVANTAGES,
+    get_advantage,
+    grpo_advantage,
+    rloo_advantage,
+    spo_advantage,
+)
+
+
+def test_spo_advantage_by_hand():
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    b = torch.tensor([0.5, 0.5, 0.25, 0.75])
+    # A = r − b = [0.5, −0.5, 0.75, 0.25]; mean = 1/4 = 0.25
+    # A − mean = [0.25, −0.75, 0.5, 0.0]; unbiased var = (0.0625+0.5625+0.25+0)/3 = 0.291666…
+    std = math.sqrt(0.875 / 3)  # 0.540062…
+    expected = torch.tensor([0.25, -0.75, 0.5, 0.0]) / (std + 1e-8)
+    torch.testing.assert_close(spo_advantage(r, b), expected)
+    torch.testing.assert_close(
+        spo_advantage(r, b, normalize=False), torch.tensor([0.5, -0.5, 0.75, 0.25])
+    )
+
+
+def test_spo_batch_of_one_and_constant_batch_are_zero_not_nan():
+    out = spo_advantage(torch.tensor([1.0]), torch.tensor([0.3]))
+    assert torch.equal(out, torch.zeros(1))
+    out = spo_advantage(torch.tensor([1.0, 1.0]), torch.tensor([0.5, 0.5]))
+    assert torch.equal(out, torch.zeros(2))  # (A − mean)/(0 + 1e-8) = 0
+    assert spo_advantage(torch.zeros(0), torch.zeros(0)).shape == (0,)
+
+
+def test_spo_accepts_numpy_and_keeps_float32():
+    out = spo_advantage(np.array([1, 0, 1], dtype=np.float32), np.array([0.5, 0.5, 0.5]))
+    assert out.dtype == torch.float64 or out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_grpo_advantage_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    # group 0: mean 0.5; unbiased std = sqrt(4·0.25/3) = sqrt(1/3) = 0.57735…
+    s = math.sqrt(1 / 3)
+    a0 = 0.5 / (s + 1e-6)
+    expected = torch.tensor([a0, -a0, -a0, a0, 0.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(grpo_advantage(r, g), expected)
+    # Dr. GRPO: no std → ±0.5
+    torch.testing.assert_close(
+        grpo_advantage(r, g, scale=None), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0.0])
+    )
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 6)), min_size=1, max_size=8))
+def test_grpo_equal_reward_groups_are_exactly_zero(groups):
+    r = torch.tensor([v for v, n in groups for _ in range(n)], dtype=torch.float32)
+    g = torch.tensor([i for i, (_, n) in enumerate(groups) for _ in range(n)])
+    for fn in (grpo_advantage, rloo_advantage, lambda r, g: grpo_advantage(r, g, scale=None)):
+        assert torch.equal(fn(r, g), torch.zeros_like(r))
+
+
+def test_rloo_by_hand_and_identity():
+    r = torch.tensor([1.0, 0.0, 0.0])
+    g = torch.tensor([5, 5, 5])
+    # A_0 = 1 − (0+0)/2 = 1; A_1 = 0 − (1+0)/2 = −0.5; A_2 = −0.5
+    torch.testing.assert_close(rloo_advantage(r, g), torch.tensor([1.0, -0.5, -0.5]))
+    rng = np.random.default_rng(0)
+    r = torch.tensor(rng.random(24))
+    g = torch.tensor(np.repeat(np.arange(4), 6))
+    # RLOO = n/(n−1)·(r − mean_g): Dr. GRPO scaled by 6/5
+    torch.testing.assert_close(rloo_advantage(r, g), grpo_advantage(r, g, scale=None) * 6 / 5)
+
+
+def test_group_ids_need_not_be_contiguous_and_singletons_are_zero():
+    r = torch.tensor([1.0, 0.0, 1.0, 0.3])
+    g = torch.tensor([42, 42, -7, 1000])
+    out = grpo_advantage(r, g, scale=None)
+    torch.testing.assert_close(out, torch.tensor([0.5, -0.5, 0.0, 0.0]))
+    assert torch.equal(rloo_advantage(r, g)[2:], torch.zeros(2))
+
+
+def test_registry_one_calling_convention():
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    b = torch.full((6,), 0.25)
+    g = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert set(ADVANTAGES) == {"spo", "none", "grpo", "dr_grpo", "rloo"}
+    for name in ADVANTAGES:
+        out = ADVANTAGES[name](r, baseline_B=b, group_id_B=g)  # extra args ignored
+        assert out.shape == (6,) and torch.isfinite(out).all(), name
+    torch.testing.assert_close(ADVANTAGES["spo"](r, baseline_B=b), spo_advantage(r, b))
+    torch.testing.assert_close(ADVANTAGES["grpo"](r, group_id_B=g), grpo_advantage(r, g))
+    torch.testing.assert_close(ADVANTAGES["rloo"](r, group_id_B=g), rloo_advantage(r, g))
+    # none: A = r, still batch-normalised = spo with a zero baseline
+    torch.testing.assert_close(ADVANTAGES["none"](r), spo_advantage(r, torch.zeros(6)))
+    assert set(ADVANTAGE_NEEDS_GROUPS) == {"grpo", "dr_grpo", "rloo"}
+    assert set(ADVANTAGE_NEEDS_BASELINE) == {"spo"}
+    assert get_advantage("dr_grpo") is ADVANTAGES["dr_grpo"]
+
+
+def test_registry_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown advantage 'ppo'; valid: dr_grpo, grpo"):
+        get_advantage("ppo")
+    with pytest.raises(KeyError):  # still a KeyError for dict-style callers
+        ADVANTAGES["ppo"]
+    assert "ppo" not in ADVANTAGES
+
+
+def test_registry_missing_argument():
+    with pytest.raises(ValueError, match="'spo' needs baseline_B"):
+        ADVANTAGES["spo"](torch.ones(2))
+    with pytest.raises(ValueError, match="'grpo' needs group_id_B"):
+        ADVANTAGES["grpo"](torch.ones(2), baseline_B=torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: spo_advantage(torch.tensor([1.5]), torch.tensor([0.5])), "reward_B.*1.5"),
+        (lambda: spo_advantage(torch.tensor([-0.5]), torch.tensor([0.5])), "reward_B"),
+        (lambda: spo_advantage(torch.tensor([math.nan]), torch.tensor([0.5])), "reward_B.*nan"),
+        (lambda: spo_advantage(torch.ones(2), torch.ones(3)), "baseline_B must have shape"),
+        (lambda: spo_advantage(torch.ones(2), torch.tensor([0.5, math.nan])), "baseline_B"),
+        (lambda: spo_advantage(torch.ones(2, 2), torch.ones(2, 2)), "1-D"),
+        (lambda: grpo_advantage(torch.ones(2), torch.tensor([0.0, 1.0])), "integer group ids"),
+        (lambda: grpo_advantage(torch.ones(2), torch.tensor([0])), "group_id_B must have shape"),
+        (lambda: grpo_advantage(torch.ones(2), torch.tensor([0, 0]), scale="mad"), "scale"),
+        (lambda: rloo_advantage(torch.tensor([2.0]), torch.tensor([0])), "reward_B"),
+    ],
+)
+def test_invalid_input(call, match):
+    with pytest.raises(ValueError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)

@@ -1,0 +1,142 @@
+"""Metrics (§8): pass@k vs brute force / exact rationals, maj@k, avg@k, diagnostics."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from spo.algo import (
+    advantage_variance,
+    avg_at_k,
+    degenerate_fraction,
+    maj_at_k,
+    pass_at_k,
+    small_advantage_fraction,
+)
+
+
+def test_pass_at_k_by_hand():
+    # n=10, c=3, k=3: 1 − C(7,3)/C(10,3) = 1 − 35/120 = 0.708333…
+    assert pass_at_k(10, 3, 3) == pytest.approx(1 - 35 / 120)
+    # product form: 1 − (1 − 3/8)(1 − 3/9)(1 − 3/10) = 1 − (5/8)(6/9)(7/10) = 1 − 210/720
+    assert math.isclose(1 - 210 / 720, 1 - 35 / 120)
+    assert pass_at_k(10, 0, 5) == 0.0
+    assert pass_at_k(10, 8, 3) == 1.0  # n − c = 2 < k: every 3-subset has a correct one
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)  # pass@1 = c/n
+
+
+def test_pass_at_k_equals_brute_force_subsets():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            samples = [1] * c + [0] * (n - c)
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(samples, k))
+                brute = sum(any(s) for s in subsets) / len(subsets)
+                assert pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12), (n, c, k)
+
+
+@pytest.mark.parametrize(("c", "k"), [(1, 1), (1, 500), (3, 32), (10, 100), (500, 10), (999, 1)])
+def test_pass_at_k_exact_for_n_1000(c, k):
+    n = 1000
+    exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+    assert pass_at_k(n, c, k) == pytest.approx(float(exact), rel=1e-12, abs=1e-15)
+
+
+def test_pass_at_k_vectorised():
+    c = np.array([0, 1, 5, 16])
+    out = pass_at_k(16, c, 4)
+    np.testing.assert_allclose(out, [pass_at_k(16, int(x), 4) for x in c])
+    grid = pass_at_k(np.array([[8], [16]]), np.array([2, 4]), np.array([4]))
+    assert grid.shape == (2, 2)
+    assert grid[1, 0] == pass_at_k(16, 2, 4)
+    assert pass_at_k(16, torch.tensor([1, 2]), 2).shape == (2,)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((4, 1, 5), r"k must be <= n.*n=4, c=1, k=5"),
+        ((4, 5, 2), "c must be <= n"),
+        ((4, -1, 2), "c must be >= 0"),
+        ((4, 1, 0), "k must be >= 1"),
+        ((4, 1.5, 2), "c must be integers"),
+    ],
+)
+def test_pass_at_k_invalid(args, match):
+    with pytest.raises(ValueError, match=match):
+        pass_at_k(*args)
+
+
+def test_maj_at_k_by_hand():
+    answers = ["4", "5", "4", None, None]
+    correct = [1, 0, 1, 0, 0]
+    assert maj_at_k(answers, correct, 5) == 1.0  # "4" twice beats "5" once
+    assert maj_at_k(["5", "4", "4"], [0, 1, 1], 1) == 0.0  # first k = 1 sample only
+    assert maj_at_k(["5", "4"], [0, 1], 2) == 0.0  # tie → earliest first occurrence: "5"
+    assert maj_at_k(["4", "5"], [1, 0], 2) == 1.0
+    assert maj_at_k([None, None, None, "3"], [0, 0, 0, 1], 4) == 1.0  # None never wins
+    assert maj_at_k([None, None], [0, 0], 2) == 0.0  # all extractions failed
+
+
+def test_maj_at_k_invalid():
+    with pytest.raises(ValueError, match="k must be in"):
+        maj_at_k(["1"], [1], 2)
+    with pytest.raises(ValueError, match="correct must have shape"):
+        maj_at_k(["1", "2"], [1], 1)
+    with pytest.raises(ValueError, match="hashable"):
+        maj_at_k([["1"]], [1], 1)
+    with pytest.raises(ValueError, match="empty"):
+        maj_at_k([], [], 1)
+
+
+def test_avg_at_k_by_hand():
+    correct = np.array([[1, 0, 1, 1], [0, 0, 0, 1]], dtype=bool)
+    assert avg_at_k(correct) == pytest.approx(4 / 8)  # all K = 4
+    assert avg_at_k(correct, 2) == pytest.approx(1 / 4)  # [[1,0],[0,0]]
+    assert avg_at_k([0.5, 1.0]) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="k must be in"):
+        avg_at_k(correct, 5)
+    with pytest.raises(ValueError, match="correct must be in"):
+        avg_at_k([1.5])
+
+
+def test_degenerate_fraction_by_hand():
+    reward = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    # group 1 (4 samples) all 0 → degenerate: 4/10
+    assert degenerate_fraction(reward, group) == pytest.approx(0.4)
+    assert degenerate_fraction(np.array([1.0, 0.0]), np.arange(2)) == 1.0  # singletons
+    assert degenerate_fraction(np.zeros(0), np.zeros(0, dtype=int)) == 0.0
+    with pytest.raises(ValueError, match="reward_B must be in"):
+        degenerate_fraction([2.0], [0])
+    with pytest.raises(ValueError, match="group_id_B must have shape"):
+        degenerate_fraction([1.0, 0.0], [0])
+
+
+def test_small_advantage_fraction_by_hand():
+    adv = torch.tensor([0.0, 1e-5, -0.01, 0.5])
+    assert small_advantage_fraction(adv, 1e-4) == pytest.approx(2 / 4)
+    assert small_advantage_fraction(adv, 0.02) == pytest.approx(3 / 4)
+    with pytest.raises(ValueError, match="threshold"):
+        small_advantage_fraction(adv, -1.0)
+
+
+def test_advantage_variance_by_hand():
+    assert advantage_variance(torch.tensor([1.0, -1.0, 1.0, -1.0])) == pytest.approx(1.0)
+    adv = np.array([0.0, 0.0, 0.5, -0.5])
+    groups = np.array([0, 0, 1, 1])
+    # drop group 0 (all-equal advantages) → var([0.5, −0.5]) = 0.25
+    assert advantage_variance(adv, groups, exclude_degenerate=True) == pytest.approx(0.25)
+    # degeneracy from rewards instead: group 1 has equal rewards → only group 0 left → 0
+    rewards = np.array([1.0, 0.0, 1.0, 1.0])
+    assert advantage_variance(adv, groups, exclude_degenerate=True, reward_B=rewards) == 0.0
+    assert advantage_variance(np.zeros(0)) == 0.0
+    with pytest.raises(ValueError, match="needs group_id_B"):
+        advantage_variance(adv, exclude_degenerate=True)
+    with pytest.raises(ValueError, match="adv_B"):
+        advantage_variance(np.array([np.nan]))
