@@ -147,9 +147,10 @@ class DriftTracker:
         num_prompts = check_int(num_prompts, "num_prompts", lo=self.num_prompts)
         extra = num_prompts - self.num_prompts
         if extra:
-            self.visit_total = np.concatenate(
-                [self.visit_total, np.full(extra, np.nan, dtype=np.float32)]
-            )
+            grown = np.empty(num_prompts, dtype=np.float32)
+            grown[: self.num_prompts] = self.visit_total
+            grown[self.num_prompts :] = np.nan
+            self.visit_total = grown
 
     def state_dict(self) -> dict:
         """{"total": float, "visit_total": float32 (P,)} (a copy); exact round trip."""

@@ -58,6 +58,14 @@ def _occurrence_rank(ids: np.ndarray) -> np.ndarray | None:
     return rank
 
 
+def _extended(arr: np.ndarray, size: int, fill) -> np.ndarray:
+    """Copy of `arr` grown to `size`, new entries = fill (one allocation, no temporaries)."""
+    out = np.empty(size, dtype=arr.dtype)
+    out[: arr.shape[0]] = arr
+    out[arr.shape[0] :] = fill
+    return out
+
+
 class ValueTracker:
     """Per-prompt Beta(α, β) success estimates for prompt ids 0..num_prompts-1.
 
@@ -211,9 +219,9 @@ class ValueTracker:
             return
         a0 = self.prior_count * self.prior_value
         b0 = self.prior_count * (1.0 - self.prior_value)
-        self.alpha = np.concatenate([self.alpha, np.full(extra, a0, dtype=np.float32)])
-        self.beta = np.concatenate([self.beta, np.full(extra, b0, dtype=np.float32)])
-        self._last_step = np.concatenate([self._last_step, np.full(extra, -1, dtype=np.int32)])
+        self.alpha = _extended(self.alpha, num_prompts, a0)
+        self.beta = _extended(self.beta, num_prompts, b0)
+        self._last_step = _extended(self._last_step, num_prompts, -1)
 
     # ----------------------------------------------------------- checkpointing
 
