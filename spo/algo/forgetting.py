@@ -109,10 +109,12 @@ class DriftTracker:
 
     @property
     def num_prompts(self) -> int:
+        """P, the number of prompt ids tracked (ids are 0..P-1)."""
         return int(self.visit_total.shape[0])
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by the per-prompt array (4 per prompt)."""
         return int(self.visit_total.nbytes)
 
     def advance(self, step_drift) -> None:

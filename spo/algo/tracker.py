@@ -95,6 +95,7 @@ class ValueTracker:
     # ------------------------------------------------------------------ reading
     @property
     def num_prompts(self) -> int:
+        """P, the number of prompt ids tracked (ids are 0..P-1)."""
         return int(self.alpha.shape[0])
 
     @property

@@ -29,7 +29,9 @@ def test_every_public_callable_and_method_has_a_docstring():
         assert inspect.getdoc(obj), name
         if inspect.isclass(obj):
             for meth, fn in vars(obj).items():
-                if not meth.startswith("_") and inspect.isfunction(fn):
+                if not meth.startswith("_") and (
+                    inspect.isfunction(fn) or isinstance(fn, property)
+                ):
                     assert inspect.getdoc(fn), f"{name}.{meth}"
 
 
