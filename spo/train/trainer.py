@@ -307,7 +307,11 @@ class Trainer:
         losses, grad_norms = [], []
         for u in range(n_updates):
             lo_u, hi_u = u * mb, (u + 1) * mb
-            n_tokens = float(mask_BT[lo_u:hi_u].sum())
+            mb_mask = mask_BT[lo_u:hi_u]
+            # The mini-batch's global normaliser makes micro-batch losses sum to the exact
+            # mini-batch aggregate (tokens for token-mean, non-empty rows for seq-mean).
+            normalizer = float(mb_mask.sum() if cfg.loss.agg == "token-mean"
+                               else (mb_mask.sum(1) > 0).sum())
             loss_total = 0.0
             for lo in range(lo_u, hi_u, micro):
                 idx = torch.arange(lo, min(lo + micro, hi_u))
@@ -320,13 +324,10 @@ class Trainer:
                 loss, stats = ppo_clip_loss(
                     logp_bt, old_bt, adv_B[idx], sub.completion_mask_BT,
                     eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
-                    dual_clip=cfg.loss.dual_clip, agg=cfg.loss.agg)
-                # Exact mini-batch aggregate from micro-batches: re-weight local means.
-                local_tokens = float(sub.completion_mask_BT.sum())
-                weight = (local_tokens / max(n_tokens, 1.0) if cfg.loss.agg == "token-mean"
-                          else len(idx) / mb)
-                (loss * weight).backward()
-                loss_total += float(loss) * weight
+                    dual_clip=cfg.loss.dual_clip, agg=cfg.loss.agg,
+                    normalizer=max(normalizer, 1.0))
+                loss.backward()
+                loss_total += float(loss)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * len(idx)
             grad_norms.append(self.optimizer.step())
