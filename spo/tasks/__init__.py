@@ -1,0 +1,186 @@
+"""Tasks: prompt sources with their verifiers.
+
+A task is a list of training prompts, a disjoint list of held-out prompts, and a verifier
+`verifier(completion, example) -> reward in [0, 1]` that the reward pool (`spo.rewards`)
+runs in worker processes — so every verifier is picklable: a module-level function or a
+`functools.partial` of one, never a closure or a lambda.
+
+`load_task(name, ...)` understands three kinds of names:
+
+- `arithmetic` — built in, procedural and seeded, with a spread of difficulty levels
+  (`spo.tasks.arithmetic`, calibrated for the embedded SmolLM2-135M-Instruct; see
+  docs/tasks.md).
+- `reasoning_gym:<dataset>` — any reasoning-gym dataset, scored by its own
+  `score_answer` (`spo.tasks.gym`).
+- a path to a `.jsonl` / `.json` / `.parquet` / `.csv` file or a `datasets.save_to_disk`
+  directory with `prompt`, `answer` and optional `id` columns (`spo.tasks.files`); answers
+  are checked with math-verify unless `reward_fn` says otherwise (`spo.tasks.verifiers`).
+
+Every prompt has a stable id: the explicit id column when there is one, else a content
+hash of (prompt, answer) — never its list position, so reordering a file, or resuming
+with a different train_size, keeps each prompt's tracker statistics attached to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TaskError(ValueError):
+    """Bad task input (unknown name, missing column, empty dataset, ...): one line for people."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt of a task.
+
+    id: stable prompt id (explicit id column, else `content_id(prompt, answer)`).
+    prompt: the user message text; the trainer applies the chat template.
+    answer: the reference answer as text.
+    meta: extra facts, e.g. {"difficulty": "add2"}; for reasoning-gym the entry metadata.
+    """
+
+    id: str
+    prompt: str
+    answer: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+Verifier = Callable[[str, Example], float]
+"""`verifier(completion, example) -> reward in [0, 1]` (bools are accepted as 1/0)."""
+
+Extractor = Callable[[str], "str | None"]
+"""`extract(completion) -> final answer as text`, None when there is none (for maj@k)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """Training prompts, disjoint held-out prompts, and how to score and read a reply."""
+
+    name: str
+    train: list[Example]
+    test: list[Example]
+    verifier: Verifier
+    extractor: Extractor
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The final answer of `completion` (None = extraction failed); maj@k votes on it."""
+        return self.extractor(completion)
+
+
+def content_id(prompt: str, answer: str) -> str:
+    """Stable id from content: the first 16 hex digits of sha256 of [prompt, answer]."""
+    payload = json.dumps([prompt, answer], ensure_ascii=False).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+BUILTIN_TASKS = ("arithmetic",)
+GYM_PREFIX = "reasoning_gym:"
+VALID_NAMES = (
+    "arithmetic, reasoning_gym:<dataset> (e.g. reasoning_gym:leg_counting), or a path to a "
+    ".jsonl/.json/.parquet/.csv file or a datasets.save_to_disk directory"
+)
+DEFAULT_PROCEDURAL_TRAIN_SIZE = 1000
+"""Procedural tasks have no "all": train_size=None means this many prompts."""
+
+
+def load_task(
+    name: str,
+    *,
+    train_size: int | None = 1000,
+    test_size: int = 200,
+    seed: int = 0,
+    prompt_column: str = "prompt",
+    answer_column: str = "answer",
+    id_column: str = "id",
+    test_path: str | None = None,
+    reward_fn: str | None = None,
+    difficulty: str | None = None,
+) -> Task:
+    """Build the task called `name` (see the module docstring); deterministic given the args.
+
+    train_size: training prompts (None = all rows of a file; 1000 for procedural tasks).
+    test_size: held-out prompts, disjoint from train (split off the file unless test_path).
+    seed: seeds procedural generation and the train/test split of files.
+    test_path: a separate held-out file for file tasks.
+    reward_fn: None (task default), "exact", "math", or "pkg.module:function" /
+        "/path/file.py:function" for `f(completion, answer) -> float | bool`.
+    difficulty: arithmetic only — "easy" / "default" / "hard" or a comma list of levels.
+    Raises TaskError with one line saying what is wrong and how to fix it.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise TaskError(f"task name is empty; valid tasks: {VALID_NAMES}")
+    if train_size is not None and train_size < 1:
+        raise TaskError(f"train_size must be at least 1 (or null for all), got {train_size}")
+    if test_size < 0:
+        raise TaskError(f"test_size must be 0 or more, got {test_size}")
+
+    if name == "arithmetic":
+        from spo.tasks.arithmetic import load_arithmetic
+
+        _reject(name, test_path=test_path, reward_fn=reward_fn)
+        return load_arithmetic(
+            train_size=train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
+            test_size=test_size,
+            seed=seed,
+            difficulty=difficulty,
+        )
+    if name.startswith(GYM_PREFIX):
+        from spo.tasks.gym import load_gym
+
+        _reject(name, test_path=test_path, reward_fn=reward_fn, difficulty=difficulty)
+        return load_gym(
+            name[len(GYM_PREFIX) :],
+            train_size=train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
+            test_size=test_size,
+            seed=seed,
+        )
+
+    from spo.tasks.files import load_file_task, looks_like_path
+
+    if not looks_like_path(name):
+        raise TaskError(f"unknown task {name!r}; valid tasks: {VALID_NAMES}")
+    _reject(name, difficulty=difficulty)
+    return load_file_task(
+        name,
+        train_size=train_size,
+        test_size=test_size,
+        seed=seed,
+        prompt_column=prompt_column,
+        answer_column=answer_column,
+        id_column=id_column,
+        test_path=test_path,
+        reward_fn=reward_fn,
+    )
+
+
+def _reject(task_name: str, **options: str | None) -> None:
+    """Options that a task kind does not use are errors, not silently ignored."""
+    for option, value in options.items():
+        if value is not None:
+            raise TaskError(
+                f"task {task_name!r} does not take {option}={value!r}; remove it "
+                f"({option} applies to {_OPTION_SCOPE[option]})"
+            )
+
+
+_OPTION_SCOPE = {
+    "test_path": "dataset files",
+    "reward_fn": "dataset files",
+    "difficulty": "the built-in arithmetic task",
+}
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "Example",
+    "Extractor",
+    "Task",
+    "TaskError",
+    "Verifier",
+    "content_id",
+    "load_task",
+]
