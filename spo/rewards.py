@@ -13,11 +13,15 @@ every call in a pebble `ProcessPool`:
 - a verifier that *returns* something that is not a reward (None, a string, NaN, a value
   outside [0, 1]) is a bug in the verifier, not bad luck of one sample: `RewardError`.
 
-So no failure is a silent zero and no batch can hang. Workers start from a fresh
-interpreter through the 'forkserver' context ('spawn' where there is none): the trainer
-has torch and its OpenMP threads loaded, and forking such a process is unsafe. Workers
-are reused across batches, so start-up (importing the verifier's module) is paid once per
-worker, not per call.
+So no failure is a silent zero and no batch can hang. If the pool itself cannot run (its
+workers fail to start), the call raises RuntimeError rather than scoring everything 0.
+
+Workers start from a fresh interpreter through the 'forkserver' context ('spawn' where
+there is none): the trainer has torch and its OpenMP threads loaded, and forking such a
+process is unsafe. Workers are reused across batches, so start-up (importing the
+verifier's module) is paid once per worker, not per call. As with any spawn-style
+multiprocessing, a script that creates a pool must guard its entry point with
+`if __name__ == "__main__":`.
 
 `workers=0` runs verifiers in the calling process: no isolation and no timeout (a hanging
 verifier hangs the trainer, a segfault kills it). It is for debugging and fast tests only.
@@ -44,6 +48,11 @@ Verifier = Callable[[str, Example], Any]
 _RANGE_SLACK = 1e-6  # float noise such as 1.0000000002 is clipped, not an error
 _START_GRACE_S = 120.0  # worst-case wait for a worker process to start (busy 2-core laptop)
 _MAX_FAILURES_KEPT = 5
+_BROKEN_POOL = (
+    "reward worker processes failed to start; if this runs from a script, put its entry "
+    "point under `if __name__ == '__main__':` (workers re-import the main module), or set "
+    "reward.workers=0 to score in-process"
+)
 
 
 class RewardError(ValueError):
@@ -176,10 +185,13 @@ class RewardPool:
         from pebble import ProcessExpired
 
         assert self._pool is not None
-        futures = [
-            self._pool.schedule(self.verifier, args=(c, ex), timeout=self.timeout)
-            for c, ex in zip(completions, examples, strict=True)
-        ]
+        try:
+            futures = [
+                self._pool.schedule(self.verifier, args=(c, ex), timeout=self.timeout)
+                for c, ex in zip(completions, examples, strict=True)
+            ]
+        except RuntimeError as e:
+            raise RuntimeError(_BROKEN_POOL) from e
         # pebble's timeout runs from each call's start; this outer deadline only guards
         # against a pool that stops making progress at all (it should never fire).
         rounds = math.ceil(len(futures) / self.workers)
@@ -196,6 +208,8 @@ class RewardPool:
                 outcomes.append(("error", f"worker died (exit code {e.exitcode})"))
             except Exception as e:  # raised inside the verifier, re-raised here by pebble
                 outcomes.append(("error", f"{type(e).__name__}: {e}"))
+        if not self._pool.active:  # the pool itself failed: not the verifier's fault
+            raise RuntimeError(_BROKEN_POOL)
         return outcomes
 
     def close(self) -> None:
