@@ -14,8 +14,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -95,3 +99,61 @@ def resolve_model_path(name_or_path: str) -> Path:
             f"{str(path)!r} is not a Hugging Face model directory (no config.json inside)"
         )
     return path
+
+
+def load_policy(
+    model: str, *, dtype: str = "bfloat16"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local directory or the embedded default.
+
+    Weights are loaded in `dtype` (bf16 by default: on CPUs with avx512-bf16/AMX its
+    matmuls are several times faster than fp32; the optimizer keeps fp32 master copies).
+    The model is returned in eval mode (the trainer switches to train mode around its
+    updates) and the tokenizer always has a pad token (falls back to eos).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+        raise ModelError(
+            f"model dtype {dtype!r} is not a floating-point torch dtype: "
+            "use bfloat16, float16 or float32"
+        )
+    path = resolve_model_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ModelError(f"cannot load a causal LM from {str(path)!r}: {first}") from None
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ModelError(f"the tokenizer in {str(path)!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    policy.eval()
+    return policy, tokenizer
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, system_prompt: str | None = None
+) -> list[list[int]]:
+    """Token ids of each prompt as a chat turn that asks the assistant to answer.
+
+    `system_prompt=None` keeps the template's own default (SmolLM2's adds one); a string,
+    even empty, is sent as an explicit system message.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(
+            "the tokenizer has no chat template: use an instruct model or add a chat_template"
+        )
+    out = []
+    for prompt in prompts:
+        messages = [{"role": "user", "content": prompt}]
+        if system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        # Render to text, then tokenize without extra specials: the template already holds
+        # the ones it wants (a second BOS would shift the model off its training format).
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return out

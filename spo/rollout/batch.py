@@ -1,0 +1,129 @@
+"""What a rollout engine returns, and how prompt + completion pairs are packed for training.
+
+`Rollouts` is the engine's output: unpadded token lists, behaviour log-probs and texts.
+`PackedBatch` is one padded tensor batch of prompt + completion sequences plus the
+indexing that `spo.logprobs.completion_logp` needs to score only the completion tokens:
+row b holds its sequence at columns `[seq_start_B[b], seq_start_B[b] + seq_len_B[b])` and
+its completion starts at column `completion_start_B[b]`; the hidden state at column
+`completion_start_B[b] + t - 1` predicts completion token t. Sequences are right-padded by
+default (training needs no attention mask then: causal attention never looks ahead into
+the padding); left padding exists to test that the result does not depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Rollouts:
+    """Completions for a list of prompts, in the prompts' order."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]  # generated ids, eos included when generated, no padding
+    logp: list[Tensor]  # behaviour log-prob of each completion token, float32, (T_i,)
+    finished: list[bool]  # ended with eos (False: stopped at max_new_tokens)
+    texts: list[str]  # decoded completions, special tokens skipped
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+
+@dataclass
+class PackedBatch:
+    """Padded prompt + completion sequences; see the module docstring for the layout."""
+
+    input_ids_BL: Tensor  # (B, L) int64, pad_id outside the sequences
+    attention_mask_BL: Tensor  # (B, L) int64, 1 on sequence tokens
+    position_ids_BL: Tensor  # (B, L) int64, 0.. along each sequence, 0 on padding
+    completion_ids_BT: Tensor  # (B, T) int64, pad_id past each completion
+    completion_mask_BT: Tensor  # (B, T) float32, 1 for real completion tokens
+    completion_start_B: Tensor  # (B,) int64, column of each completion's first token
+    seq_start_B: Tensor  # (B,) int64, column of each sequence's first token
+    seq_len_B: Tensor  # (B,) int64, prompt + completion length
+    pad_id: int
+    padding_side: str = "right"
+
+    def __len__(self) -> int:
+        return self.input_ids_BL.shape[0]
+
+    @property
+    def completion_len_B(self) -> Tensor:
+        return self.completion_mask_BT.sum(1).long()
+
+    def select(self, idx: Tensor | list[int] | slice) -> PackedBatch:
+        """Rows `idx` as their own batch, trimmed to their own longest sequence/completion."""
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        seq_start = self.seq_start_B[idx]
+        seq_end = seq_start + self.seq_len_B[idx]
+        lo = int(seq_start.min()) if len(idx) else 0
+        hi = int(seq_end.max()) if len(idx) else 0
+        T = int(self.completion_mask_BT[idx].sum(1).max()) if len(idx) else 0
+        return PackedBatch(
+            input_ids_BL=self.input_ids_BL[idx, lo:hi],
+            attention_mask_BL=self.attention_mask_BL[idx, lo:hi],
+            position_ids_BL=self.position_ids_BL[idx, lo:hi],
+            completion_ids_BT=self.completion_ids_BT[idx, :T],
+            completion_mask_BT=self.completion_mask_BT[idx, :T],
+            completion_start_B=self.completion_start_B[idx] - lo,
+            seq_start_B=seq_start - lo,
+            seq_len_B=self.seq_len_B[idx],
+            pad_id=self.pad_id,
+            padding_side=self.padding_side,
+        )
+
+
+def pack(
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    *,
+    pad_id: int,
+    padding_side: str = "right",
+) -> PackedBatch:
+    """Pad prompt + completion pairs into one batch (right padding unless asked otherwise)."""
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(
+            f"pack got {len(prompt_ids)} prompts but {len(completion_ids)} completions"
+        )
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("pack needs a non-empty prompt for every completion")
+    B = len(prompt_ids)
+    seq_len = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    L = max(seq_len, default=0)
+    T = max((len(c) for c in completion_ids), default=0)
+    input_ids_BL = torch.full((B, L), pad_id, dtype=torch.long)
+    attention_mask_BL = torch.zeros((B, L), dtype=torch.long)
+    position_ids_BL = torch.zeros((B, L), dtype=torch.long)
+    completion_ids_BT = torch.full((B, T), pad_id, dtype=torch.long)
+    completion_mask_BT = torch.zeros((B, T), dtype=torch.float32)
+    seq_start_B = torch.zeros(B, dtype=torch.long)
+    completion_start_B = torch.zeros(B, dtype=torch.long)
+    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        n = len(p) + len(c)
+        start = 0 if padding_side == "right" else L - n
+        input_ids_BL[b, start : start + n] = torch.tensor(list(p) + list(c), dtype=torch.long)
+        attention_mask_BL[b, start : start + n] = 1
+        position_ids_BL[b, start : start + n] = torch.arange(n)
+        completion_ids_BT[b, : len(c)] = torch.tensor(list(c), dtype=torch.long)
+        completion_mask_BT[b, : len(c)] = 1.0
+        seq_start_B[b] = start
+        completion_start_B[b] = start + len(p)
+    return PackedBatch(
+        input_ids_BL=input_ids_BL,
+        attention_mask_BL=attention_mask_BL,
+        position_ids_BL=position_ids_BL,
+        completion_ids_BT=completion_ids_BT,
+        completion_mask_BT=completion_mask_BT,
+        completion_start_B=completion_start_B,
+        seq_start_B=seq_start_B,
+        seq_len_B=torch.tensor(seq_len, dtype=torch.long),
+        pad_id=pad_id,
+        padding_side=padding_side,
+    )

@@ -1,0 +1,191 @@
+"""Rollouts with a Hugging Face causal LM in this process (CPU or one GPU).
+
+`HFEngine.generate` samples one completion per prompt: prompts are sorted by length and
+cut into batches of `batch_size` (less padding), each batch is left-padded, prefilled
+once, then decoded a token at a time until every row has produced eos or
+`max_new_tokens` tokens. Sampling draws from a private `torch.Generator` seeded with
+`seed`, so a call is deterministic given (weights, prompt ids, seed) and never touches
+the global RNG (the trainer reseeds per step and resumes losslessly).
+
+Behaviour log-probs are log softmax(logits / temperature) of the sampled token, in fp32
+from the bf16 head output: the same numbers `spo.logprobs.completion_logp` computes on the
+finished sequence, up to bf16 noise. With top_p < 1 the token is drawn from the nucleus,
+but the log-prob reported is still that of the full tempered distribution (the one the
+trainer differentiates); with temperature 0 (greedy) it is the temperature-1 log-prob.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import Tensor
+
+from spo.rollout.batch import Rollouts
+
+
+class HFEngine:
+    """Batched sampling from a Hugging Face causal LM; see the module docstring."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        batch_size: int = 64,
+    ):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = tokenizer.eos_token_id
+        self.eos_ids = _eos_ids(model, tokenizer)
+
+    def generate(self, prompt_ids: list[list[int]], *, seed: int) -> Rollouts:
+        device = next(self.model.parameters()).device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        n = len(prompt_ids)
+        completion_ids: list[list[int]] = [[] for _ in range(n)]
+        logp: list[Tensor] = [torch.zeros(0) for _ in range(n)]
+        finished = [False] * n
+        order = sorted(range(n), key=lambda i: len(prompt_ids[i]))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for lo in range(0, n, self.batch_size):
+                    rows = order[lo : lo + self.batch_size]
+                    out = self._generate_batch([prompt_ids[i] for i in rows], generator)
+                    for i, (ids, lp, done) in zip(rows, out, strict=True):
+                        completion_ids[i], logp[i], finished[i] = ids, lp, done
+        finally:
+            self.model.train(was_training)
+        texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        return Rollouts(
+            prompt_ids=[list(p) for p in prompt_ids],
+            completion_ids=completion_ids,
+            logp=logp,
+            finished=finished,
+            texts=texts,
+        )
+
+    def _generate_batch(
+        self, prompts: list[list[int]], generator: torch.Generator
+    ) -> list[tuple[list[int], Tensor, bool]]:
+        device = next(self.model.parameters()).device
+        B, P = len(prompts), max(len(p) for p in prompts)
+        ids_BP = torch.full((B, P), self.pad_id, dtype=torch.long)
+        mask_BP = torch.zeros((B, P), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids_BP[b, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask_BP[b, P - len(p) :] = 1
+        decoder = _HFDecoder(self.model)
+        logits_BV = decoder.prefill(ids_BP.to(device), mask_BP.to(device))
+        eos_E = torch.tensor(self.eos_ids, dtype=torch.long, device=device)
+        tokens_BT = torch.full((B, self.max_new_tokens), self.pad_id, dtype=torch.long)
+        logp_BT = torch.zeros((B, self.max_new_tokens), dtype=torch.float32)
+        done_B = torch.zeros(B, dtype=torch.bool, device=device)
+        length_B = torch.zeros(B, dtype=torch.long)
+        for t in range(self.max_new_tokens):
+            tok_B, lp_B = sample(logits_BV, self.temperature, self.top_p, generator)
+            live_B = ~done_B
+            tokens_BT[:, t] = torch.where(live_B, tok_B, self.pad_id).cpu()
+            logp_BT[:, t] = lp_B.cpu()
+            length_B += live_B.cpu()
+            done_B |= torch.isin(tok_B, eos_E)
+            if bool(done_B.all()) or t == self.max_new_tokens - 1:
+                break
+            logits_BV = decoder.step(torch.where(done_B, self.pad_id, tok_B))
+        done = done_B.cpu().tolist()
+        return [
+            (tokens_BT[b, : length_B[b]].tolist(), logp_BT[b, : length_B[b]].clone(), done[b])
+            for b in range(B)
+        ]
+
+
+class _HFDecoder:
+    """Any Hugging Face causal LM, through its own forward and cache (the reference path)."""
+
+    def __init__(self, model):
+        self.model = model
+        params = inspect.signature(model.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def prefill(self, ids_BP: Tensor, mask_BP: Tensor) -> Tensor:
+        self.mask_BL = mask_BP
+        self.pos_B = mask_BP.sum(1) - 1
+        position_ids_BP = (mask_BP.cumsum(1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids_BP,
+            attention_mask=mask_BP,
+            position_ids=position_ids_BP,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache = getattr(out, self.cache_kw)
+        return out.logits[:, -1]
+
+    def step(self, tok_B: Tensor) -> Tensor:
+        self.mask_BL = torch.cat([self.mask_BL, self.mask_BL.new_ones(len(tok_B), 1)], dim=1)
+        self.pos_B = self.pos_B + 1
+        out = self.model(
+            input_ids=tok_B[:, None],
+            attention_mask=self.mask_BL,
+            position_ids=self.pos_B[:, None],
+            use_cache=True,
+            **{self.cache_kw: self.cache},
+        )
+        self.cache = getattr(out, self.cache_kw)
+        return out.logits[:, -1]
+
+
+def sample(
+    logits_BV: Tensor, temperature: float, top_p: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Next token and its log-prob under softmax(logits / temperature) (greedy at 0)."""
+    x_BV = logits_BV.float()
+    if temperature == 0:
+        tok_B = x_BV.argmax(-1)
+        return tok_B, x_BV.log_softmax(-1).gather(1, tok_B[:, None]).squeeze(1)
+    if temperature != 1.0:
+        x_BV = x_BV / temperature
+    logp_BV = x_BV.log_softmax(-1)
+    probs_BV = logp_BV.exp()
+    if top_p < 1.0:
+        sorted_BV, idx_BV = probs_BV.sort(-1, descending=True)
+        # drop a token when the mass before it already reaches top_p (keeps at least one)
+        drop_BV = sorted_BV.cumsum(-1) - sorted_BV >= top_p
+        sorted_BV = sorted_BV.masked_fill(drop_BV, 0.0)
+        probs_BV = torch.zeros_like(probs_BV).scatter_(1, idx_BV, sorted_BV)
+    tok_B = torch.multinomial(probs_BV, 1, generator=generator).squeeze(1)
+    return tok_B, logp_BV.gather(1, tok_B[:, None]).squeeze(1)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos is not None:
+        ids.update(int(i) for i in gen_eos)
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation config names an eos")
+    return sorted(ids)
