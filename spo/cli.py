@@ -236,7 +236,19 @@ def _optional_module(name: str):
         return None
 
 
+def _quiet_libraries() -> None:
+    """Library progress bars and advice would bury our one-line messages."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

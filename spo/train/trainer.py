@@ -327,7 +327,7 @@ class Trainer:
                     dual_clip=cfg.loss.dual_clip, agg=cfg.loss.agg,
                     normalizer=max(normalizer, 1.0))
                 loss.backward()
-                loss_total += float(loss)
+                loss_total += float(loss.detach())
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * len(idx)
             grad_norms.append(self.optimizer.step())
