@@ -34,6 +34,7 @@ import contextlib
 import functools
 import math
 import multiprocessing
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -111,8 +112,9 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _warm_up() -> None:
-    """No-op task: starts the worker processes before the first batch needs them."""
+def _warm_up(verifier: Verifier) -> None:
+    """No-op task: starts a worker (and imports the verifier's module by unpickling it)
+    while the trainer generates its first batch."""
 
 
 class RewardPool:
@@ -134,9 +136,17 @@ class RewardPool:
         if self.workers > 0:
             from pebble import ProcessPool
 
+            try:
+                pickle.dumps(verifier)
+            except Exception as e:
+                raise TypeError(
+                    f"verifier {verifier_name(verifier)} cannot be sent to worker processes "
+                    f"({type(e).__name__}: {e}); make it a module-level function or a "
+                    "functools.partial of one (workers=0 runs it in-process, unisolated)"
+                ) from e
             self._pool = ProcessPool(max_workers=self.workers, context=_mp_context())
             for _ in range(self.workers):
-                self._pool.schedule(_warm_up)
+                self._pool.schedule(_warm_up, args=(verifier,))
 
     def __call__(self, completions: Sequence[str], examples: Sequence[Example]) -> RewardResult:
         """Rewards of `completions[i]` against `examples[i]`, in order."""

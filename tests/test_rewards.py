@@ -172,3 +172,10 @@ def test_throughput_after_warm_up_is_well_under_a_second():
         per_batch = (time.perf_counter() - start) / 3
     assert result.reward_B.tolist() == [1.0] * 64
     assert per_batch < 1.0, f"{per_batch:.3f} s per batch of 64"
+
+
+def test_unpicklable_verifier_is_refused_up_front():
+    with pytest.raises(TypeError, match="module-level function"):
+        RewardPool(lambda completion, example: 1.0, workers=1)
+    with RewardPool(lambda completion, example: 1.0, workers=0) as inline:  # in-process: fine
+        assert inline(["x"], examples(1)).reward_B.tolist() == [1.0]
