@@ -1,24 +1,46 @@
-"""Held-out evaluation with the paper's metrics (spec §8).
+"""Held-out evaluation with the paper's metrics (spec §8), and `spo eval`.
 
-For each prompt: one greedy response and k sampled ones. Reported: greedy accuracy,
-avg@k (mean correctness of the samples), unbiased pass@k for k = 1, 2, 4, ... ≤ k
-(Chen et al. 2021), maj@k (correctness of the most frequent extracted final answer), the
-share of samples whose final answer could not be extracted, and a per-difficulty
-breakdown when the task provides one.
+For each held-out prompt: one greedy response and k sampled ones (at the run's rollout
+temperature / top_p). A sample is correct when its reward is >= 0.5. Reported:
+
+    greedy     accuracy of the greedy response
+    avg@k      mean correctness of the k samples (reward_mean: their mean raw reward)
+    pass@j     unbiased 1 − C(k−c, j)/C(k, j) for j = 1, 2, 4, ... <= k, and j = k
+               (Chen et al. 2021; `spo.algo.pass_at_k`, product form)
+    maj@k      correctness of the most frequent extracted final answer among the k
+               samples (`spo.algo.maj_at_k`: failed extractions never win)
+    extract_fail         share of samples whose final answer could not be extracted
+    <metric>/difficulty=<d>   the same per difficulty level when the task has one
+
+`spo eval` takes a model directory, the embedded model, one checkpoint, or a run
+directory (every complete checkpoint plus the initial model as step 0, giving accuracy vs
+step / samples / wall-clock); the run's saved config supplies the task and sampling
+settings, `key=value` overrides change them. All models are sampled with the same seed
+(common random numbers), so differences between checkpoints are not sampling noise of
+the evaluation's own RNG. `--calibration n` also draws n fresh samples on training
+prompts with the newest checkpoint and compares them with its tracker's v̂
+(`spo.diagnostics.calibration`).
 """
 
 from __future__ import annotations
 
+import argparse
+import time
 from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from spo.algo import avg_at_k, maj_at_k, pass_at_k
-from spo.models import encode_prompts
-from spo.rollout.hf import HFEngine
+from spo.algo import maj_at_k, pass_at_k
+
+CORRECT_AT = 0.5
+EMBEDDED_NAMES = ("embedded:smollm2-135m-instruct", "embedded", "default")
 
 
-def _powers_of_two(k: int) -> list[int]:
+# --------------------------------------------------------------------------- metrics
+def budgets(k: int) -> list[int]:
+    """pass@j budgets: powers of two <= k, plus k itself."""
     out, p = [], 1
     while p <= k:
         out.append(p)
@@ -28,50 +50,548 @@ def _powers_of_two(k: int) -> list[int]:
     return out
 
 
-def evaluate_examples(model, tokenizer, task, examples, *, k: int = 4, max_new_tokens: int = 24,
-                      temperature: float = 1.0, system_prompt: str | None = None,
-                      reward_pool=None, seed: int = 0, greedy: bool = True,
-                      batch_size: int = 64) -> dict[str, float]:
+def _metrics(reward_EK, answers_EK, greedy_reward_E) -> dict[str, float]:
+    rows = reward_EK if reward_EK is not None else greedy_reward_E
+    out: dict[str, float] = {"n_prompts": float(len(rows))}
+    if reward_EK is not None and reward_EK.shape[1] > 0:
+        k = reward_EK.shape[1]
+        correct_EK = reward_EK >= CORRECT_AT
+        out[f"avg@{k}"] = float(correct_EK.mean())
+        out["reward_mean"] = float(reward_EK.mean())
+        c_E = correct_EK.sum(1)
+        for j in budgets(k):
+            out[f"pass@{j}"] = float(np.mean(pass_at_k(k, c_E, j)))
+        out[f"maj@{k}"] = float(
+            np.mean([maj_at_k(list(a), c, k) for a, c in zip(answers_EK, correct_EK, strict=True)])
+        )
+        out["extract_fail"] = float(np.mean([a is None for a in answers_EK.ravel()]))
+    if greedy_reward_E is not None:
+        out["greedy"] = float(np.mean(greedy_reward_E >= CORRECT_AT))
+    return out
+
+
+def summarize(
+    reward_EK=None, answers_EK=None, greedy_reward_E=None, difficulty_E=None
+) -> dict[str, float]:
+    """Flat metrics dict from per-sample rewards; see the module docstring.
+
+    reward_EK: (E, k) rewards of k samples per prompt (or None: greedy only);
+    answers_EK: (E, k) extracted answers, None = failed; greedy_reward_E: (E,) or None;
+    difficulty_E: (E,) level labels or None. Fractions in [0, 1].
+    """
+    if reward_EK is not None:
+        reward_EK = np.asarray(reward_EK, dtype=np.float64)
+        answers_EK = np.asarray(answers_EK, dtype=object).reshape(reward_EK.shape)
+    if greedy_reward_E is not None:
+        greedy_reward_E = np.asarray(greedy_reward_E, dtype=np.float64)
+    out = _metrics(reward_EK, answers_EK, greedy_reward_E)
+    if difficulty_E is None:
+        return out
+    rows_by_level: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(difficulty_E):
+        if d is not None:
+            rows_by_level[str(d)].append(i)
+    for level in sorted(rows_by_level, key=_level_key):
+        rows = rows_by_level[level]
+        sub = _metrics(
+            None if reward_EK is None else reward_EK[rows],
+            None if answers_EK is None else answers_EK[rows],
+            None if greedy_reward_E is None else greedy_reward_E[rows],
+        )
+        out.update({f"{key}/difficulty={level}": v for key, v in sub.items()})
+    return out
+
+
+def _level_key(level: str):
+    return (0, float(level), level) if level.replace(".", "", 1).isdigit() else (1, 0.0, level)
+
+
+# ------------------------------------------------------------------------ sampling
+@dataclass
+class EvalSamples:
+    """What a policy produced on E prompts: k samples each and (optionally) greedy."""
+
+    texts_EK: list[list[str]]
+    reward_EK: np.ndarray  # (E, k) float
+    answers_EK: np.ndarray  # (E, k) object, None = extraction failed
+    greedy_texts_E: list[str] | None = None
+    greedy_reward_E: np.ndarray | None = None  # (E,)
+
+
+def generate_samples(
+    model,
+    tokenizer,
+    task,
+    examples,
+    *,
+    k: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    system_prompt: str | None = None,
+    reward_pool,
+    seed: int = 0,
+    greedy: bool = True,
+    batch_size: int = 64,
+) -> EvalSamples:
+    """k sampled (+ one greedy) responses per example, scored by `reward_pool`."""
+    from spo.models import encode_prompts
+    from spo.rollout.hf import HFEngine
+
+    examples = list(examples)
+    E = len(examples)
+    prompt_ids = encode_prompts(
+        tokenizer, [ex.prompt for ex in examples], system_prompt=system_prompt
+    )
+    texts_EK: list[list[str]] = [[] for _ in range(E)]
+    reward_EK = np.zeros((E, k))
+    if k > 0 and E:
+        engine = HFEngine(
+            model,
+            tokenizer,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            batch_size=batch_size,
+        )
+        texts = engine.generate([p for p in prompt_ids for _ in range(k)], seed=seed).texts
+        ex_rep = [ex for ex in examples for _ in range(k)]
+        reward_EK = np.asarray(reward_pool(texts, ex_rep).reward_B, np.float64).reshape(E, k)
+        texts_EK = [texts[i * k : (i + 1) * k] for i in range(E)]
+    answers_EK = np.empty((E, k), dtype=object)
+    for i, row in enumerate(texts_EK):
+        for j, text in enumerate(row):
+            answers_EK[i, j] = task.extract_answer(text)
+    out = EvalSamples(texts_EK=texts_EK, reward_EK=reward_EK, answers_EK=answers_EK)
+    if greedy and E:
+        engine0 = HFEngine(
+            model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size
+        )
+        out.greedy_texts_E = engine0.generate(prompt_ids, seed=seed).texts
+        out.greedy_reward_E = np.asarray(
+            reward_pool(out.greedy_texts_E, examples).reward_B, np.float64
+        )
+    return out
+
+
+def difficulties(examples) -> list | None:
+    """meta["difficulty"] per example, or None when no example has one."""
+    levels = [ex.meta.get("difficulty") for ex in examples]
+    return levels if any(d is not None for d in levels) else None
+
+
+def evaluate_examples(
+    model,
+    tokenizer,
+    task,
+    examples,
+    *,
+    k: int = 4,
+    max_new_tokens: int = 24,
+    temperature: float = 1.0,
+    system_prompt: str | None = None,
+    reward_pool=None,
+    seed: int = 0,
+    greedy: bool = True,
+    batch_size: int = 64,
+    top_p: float = 1.0,
+) -> dict[str, float]:
     """Evaluate a policy on `examples`; returns a flat dict of metrics (fractions in [0, 1])."""
     from spo.rewards import RewardPool
 
     own_pool = reward_pool is None
     pool = reward_pool or RewardPool(task.verifier)
     try:
-        prompt_ids = encode_prompts(tokenizer, [ex.prompt for ex in examples],
-                                    system_prompt=system_prompt)
-        out: dict[str, float] = {"n_prompts": len(examples)}
-        correct_EK = None
-        if k > 0:
-            engine = HFEngine(model, tokenizer, max_new_tokens=max_new_tokens,
-                              temperature=temperature, batch_size=batch_size)
-            rep = [p for p in prompt_ids for _ in range(k)]
-            ex_rep = [ex for ex in examples for _ in range(k)]
-            texts = engine.generate(rep, seed=seed).texts
-            correct_EK = (np.asarray(pool(texts, ex_rep).reward_B) >= 0.5).reshape(-1, k)
-            answers_EK = np.array([task.extract_answer(t) for t in texts],
-                                  dtype=object).reshape(-1, k)
-            out[f"avg@{k}"] = float(avg_at_k(correct_EK))
-            n_correct = correct_EK.sum(1)
-            for kk in _powers_of_two(k):
-                out[f"pass@{kk}"] = float(np.mean(pass_at_k(k, n_correct, kk)))
-            out[f"maj@{k}"] = float(np.mean([maj_at_k(list(a), list(c), k)
-                                              for a, c in zip(answers_EK, correct_EK)]))
-            out["extract_fail"] = float(np.mean(answers_EK == None))  # noqa: E711
-        if greedy:
-            engine0 = HFEngine(model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0,
-                               batch_size=batch_size)
-            texts0 = engine0.generate(prompt_ids, seed=seed).texts
-            greedy_E = np.asarray(pool(texts0, list(examples)).reward_B) >= 0.5
-            out["greedy"] = float(greedy_E.mean())
-        by_level: dict[str, list[int]] = defaultdict(list)
-        for i, ex in enumerate(examples):
-            if "difficulty" in ex.meta:
-                by_level[str(ex.meta["difficulty"])].append(i)
-        for level, rows in sorted(by_level.items()):
-            if correct_EK is not None:
-                out[f"avg@{k}/difficulty={level}"] = float(correct_EK[rows].mean())
-        return out
+        s = generate_samples(
+            model,
+            tokenizer,
+            task,
+            examples,
+            k=k,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            system_prompt=system_prompt,
+            reward_pool=pool,
+            seed=seed,
+            greedy=greedy,
+            batch_size=batch_size,
+        )
     finally:
         if own_pool:
             pool.close()
+    return summarize(
+        s.reward_EK if k > 0 else None, s.answers_EK, s.greedy_reward_E, difficulties(examples)
+    )
+
+
+def calibrate(
+    model,
+    tokenizer,
+    task,
+    state: dict,
+    *,
+    samples: int,
+    prompts: int = 64,
+    max_new_tokens: int = 24,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    system_prompt: str | None = None,
+    reward_pool,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict:
+    """Tracker v̂ of a checkpoint `state` vs a fresh pass rate of `model` on training prompts.
+
+    Draws `prompts` training prompts uniformly (seeded) among those the tracker has updated
+    (all prompts if none), samples `samples` responses each at the rollout settings, and
+    returns `spo.diagnostics.calibration(v̂, rewards)` plus the step and prompt ids used.
+    """
+    from spo.diagnostics import calibration, tracker_arrays
+    from spo.train.checkpoint import CheckpointError
+
+    arr = tracker_arrays(state["tracker"])
+    by_id = {ex.id: ex for ex in task.train}
+    ids = [str(x) for x in state["prompt_ids"]]
+    known = np.array([pid in by_id for pid in ids])
+    if not known.any():
+        raise CheckpointError(
+            "no prompt of the checkpoint's tracker is in the task's training "
+            "set; run `spo eval` with the run's own task settings"
+        )
+    pool_P = np.flatnonzero(known & (arr["last_step"] >= 0))
+    if pool_P.size == 0:
+        pool_P = np.flatnonzero(known)
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(pool_P, size=min(prompts, pool_P.size), replace=False))
+    examples = [by_id[ids[i]] for i in chosen]
+    s = generate_samples(
+        model,
+        tokenizer,
+        task,
+        examples,
+        k=samples,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        system_prompt=system_prompt,
+        reward_pool=reward_pool,
+        seed=seed + 1,
+        greedy=False,
+        batch_size=batch_size,
+    )
+    out = calibration(arr["value"][chosen], s.reward_EK)
+    out["step"] = int(state.get("step", 0))
+    out["prompt_ids"] = [ids[i] for i in chosen]
+    out["value"] = [float(x) for x in arr["value"][chosen]]
+    out["rate"] = [float(x) for x in s.reward_EK.mean(1)]
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+EPILOG = """\
+MODEL_OR_RUN is a Hugging Face model directory, embedded:smollm2-135m-instruct, one
+checkpoint (RUN/checkpoints/step_NNNNNN) or a run directory (every checkpoint, plus the
+initial model as step 0). key=value options are `spo train` options (see its --help); a
+run's or checkpoint's saved config is the starting point, e.g. task.test_size=200
+eval_size=200 rollout.temperature=0.6 task.name=data.jsonl.
+
+examples:
+  spo eval runs/demo-20260101-120000              # accuracy vs step -> RUN/eval.json
+  spo eval runs/demo-20260101-120000 --calibration 8   # + v̂ vs fresh pass rates
+  spo eval embedded:smollm2-135m-instruct --k 8 --out base.json
+  spo eval my-model/ task.name=data.jsonl task.reward_fn=exact --k 16
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.add_argument(
+        "target",
+        metavar="MODEL_OR_RUN",
+        help="model dir, embedded model, checkpoint dir or run dir",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides (task.*, rollout.*, eval_size, seed, ...)",
+    )
+    parser.add_argument("--k", type=int, default=4, help="samples per prompt (default 4)")
+    parser.add_argument(
+        "--out", metavar="FILE.json", help="write results here (default for a run: RUN/eval.json)"
+    )
+    parser.add_argument("--no-greedy", action="store_true", help="skip the greedy response")
+    parser.add_argument(
+        "--skip-base",
+        action="store_true",
+        help="run dir: do not evaluate the initial model as step 0",
+    )
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also sample N responses per training prompt with the newest "
+        "checkpoint and compare with the tracker's v̂",
+    )
+    parser.add_argument(
+        "--calibration-prompts",
+        type=int,
+        default=64,
+        metavar="M",
+        help="training prompts used for --calibration (default 64)",
+    )
+
+
+def resolve_target(target: str) -> tuple[str, Path | str]:
+    """("model" | "checkpoint" | "run", path) for what the user pointed at."""
+    from spo.models import ModelError
+
+    if target in EMBEDDED_NAMES:
+        return "model", target
+    p = Path(target).expanduser()
+    if not p.exists():
+        raise ModelError(
+            f"{target!r} does not exist: pass a model directory, "
+            f"{EMBEDDED_NAMES[0]}, a run directory or a checkpoint directory"
+        )
+    if (p / "checkpoints").is_dir() or (p / "metrics.jsonl").is_file():
+        return "run", p
+    if (p / "state.json").is_file():
+        return "checkpoint", p
+    if (p / "config.json").is_file():
+        return "model", p
+    raise ModelError(
+        f"{target!r} is neither a model directory (config.json), a checkpoint "
+        "(state.json) nor a run directory (config.yaml + checkpoints/)"
+    )
+
+
+def _config(kind: str, path, overrides: list[str]):
+    from omegaconf import OmegaConf
+
+    from spo.train.config import ConfigError, load_config
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} is not key=value (e.g. task.test_size=200)")
+    saved = None
+    if kind == "run":
+        saved = path / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"run dir {str(path)!r} has no config.yaml; is it a run directory?")
+    elif kind == "checkpoint":
+        saved = next(
+            (c for c in (path / "config.yaml", path.parent.parent / "config.yaml") if c.is_file()),
+            None,
+        )
+    base = OmegaConf.load(saved) if saved is not None else None
+    extra = [f"model.path={path}"] if kind == "model" else []
+    return load_config(None, extra + list(overrides), base=base)
+
+
+def _models_to_evaluate(kind, path, cfg, skip_base: bool) -> list[dict]:
+    from spo.train.checkpoint import CheckpointError, list_checkpoints, read_state
+
+    if kind == "model":
+        return [{"label": "model", "path": str(path), "step": None}]
+    ckpts = [path] if kind == "checkpoint" else list_checkpoints(path / "checkpoints")
+    if not ckpts:
+        raise CheckpointError(
+            f"run dir {str(path)!r} has no complete checkpoint yet; evaluate "
+            f"the initial model with `spo eval {cfg.model.path}`"
+        )
+    out = []
+    if kind == "run" and not skip_base:
+        out.append(
+            {
+                "label": "initial",
+                "path": cfg.model.path,
+                "step": 0,
+                "samples": 0,
+                "wall_seconds": 0.0,
+            }
+        )
+    for c in ckpts:
+        state = read_state(c)
+        out.append(
+            {
+                "label": c.name,
+                "path": str(c),
+                "step": int(state["step"]),
+                "samples": int(state["samples_seen"]),
+                "wall_seconds": float(state.get("train_seconds", 0.0)),
+                "state": state,
+            }
+        )
+    return out
+
+
+def _pct(x) -> str:
+    return "    -" if x is None else f"{100 * x:5.1f}"
+
+
+def print_table(results: list[dict], k: int) -> None:
+    """One row per evaluated model: accuracies in percent; per difficulty for the last."""
+    keys = ["greedy"]
+    if k > 0:
+        keys += [f"avg@{k}", *(f"pass@{j}" for j in budgets(k)), f"maj@{k}", "extract_fail"]
+    names = {"extract_fail": "no-answer"}
+    with_diag = any(r.get("diagnostics") for r in results)
+    head = f"{'model':<14}{'step':>6}{'samples':>9}" + "".join(
+        f"{names.get(key, key):>10}" for key in keys
+    )
+    print(head + (f"{'frontier':>10}{'ESS%':>8}" if with_diag else ""))
+    for r in results:
+        m, d = r["metrics"], r.get("diagnostics") or {}
+        row = f"{r['label'][:13]:<14}{_na(r.get('step')):>6}{_na(r.get('samples')):>9}"
+        row += "".join(f"{_pct(m.get(key)):>10}" for key in keys)
+        if with_diag:
+            ess = (d.get("sampler") or {}).get("ess_fraction")
+            row += f"{_pct(d.get('frontier_seen')):>10}{_pct(ess):>8}"
+        print(row)
+    m = results[-1]["metrics"]
+    levels = sorted(
+        {key.split("/difficulty=")[1] for key in m if "/difficulty=" in key}, key=_level_key
+    )
+    if not levels:
+        return
+    cols = ["greedy", *([f"avg@{k}", f"pass@{k}", f"maj@{k}"] if k > 0 else [])]
+    print(f"\nby difficulty ({results[-1]['label']}):")
+    print(f"{'difficulty':<12}{'prompts':>8}" + "".join(f"{c:>10}" for c in cols))
+    for lv in levels:
+        n = int(m.get(f"n_prompts/difficulty={lv}", 0))
+        print(
+            f"{lv:<12}{n:>8}" + "".join(f"{_pct(m.get(f'{c}/difficulty={lv}')):>10}" for c in cols)
+        )
+
+
+def _na(x) -> str:
+    return "-" if x is None else str(x)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spo.diagnostics import write_json
+    from spo.models import load_policy
+    from spo.rewards import RewardPool
+    from spo.tasks import load_task
+    from spo.train.config import ConfigError
+    from spo.train.trainer import _task_kwargs
+
+    if args.k < 0 or args.calibration < 0 or args.calibration_prompts < 1:
+        raise ConfigError("--k and --calibration must be >= 0, --calibration-prompts >= 1")
+    if args.k == 0 and args.no_greedy:
+        raise ConfigError("--k 0 with --no-greedy leaves nothing to evaluate")
+    kind, path = resolve_target(args.target)
+    if args.calibration and kind == "model":
+        raise ConfigError(
+            "--calibration needs a run or checkpoint directory (it compares the "
+            "tracker's v̂ with fresh samples); a bare model has no tracker"
+        )
+    cfg = _config(kind, path, args.overrides)
+    task = load_task(**_task_kwargs(cfg))
+    examples = task.test[: cfg.eval_size]
+    if not examples:
+        raise ConfigError(f"task {cfg.task.name!r} has no held-out prompts; raise task.test_size")
+    todo = _models_to_evaluate(kind, path, cfg, args.skip_base)
+    r = cfg.rollout
+    settings = {
+        "max_new_tokens": r.max_new_tokens,
+        "temperature": r.temperature or 1.0,
+        "top_p": r.top_p,
+        "system_prompt": cfg.task.system_prompt,
+        "seed": cfg.seed,
+        "batch_size": r.batch_size,
+    }
+    print(
+        f"evaluating {len(todo)} model(s) on {len(examples)} held-out prompts of "
+        f"{cfg.task.name!r}: greedy{'' if not args.no_greedy else ' (off)'} + {args.k} "
+        f"samples at temperature {settings['temperature']}"
+    )
+    results, calib = [], None
+    with RewardPool(task.verifier, timeout=cfg.reward.timeout, workers=cfg.reward.workers) as pool:
+        for item in todo:
+            t0 = time.perf_counter()
+            model, tokenizer = load_policy(item["path"], dtype=cfg.model.dtype)
+            metrics = evaluate_examples(
+                model,
+                tokenizer,
+                task,
+                examples,
+                k=args.k,
+                reward_pool=pool,
+                greedy=not args.no_greedy,
+                **settings,
+            )
+            state = item.pop("state", None)
+            if state is not None:
+                item["diagnostics"] = _checkpoint_diagnostics(Path(item["path"]), state, task)
+            item.update(metrics=metrics, seconds=time.perf_counter() - t0)
+            results.append(item)
+            sampled = f"  avg@{args.k} {_pct(metrics[f'avg@{args.k}']).strip()}%" if args.k else ""
+            print(
+                f"  {item['label']}: greedy {_pct(metrics.get('greedy')).strip()}%{sampled}"
+                f"  ({item['seconds']:.0f}s)",
+                flush=True,
+            )
+            if args.calibration and state is not None and item is todo[-1]:
+                print(
+                    f"calibration of {item['label']}: {args.calibration} samples x "
+                    f"{args.calibration_prompts} training prompts ...",
+                    flush=True,
+                )
+                calib = calibrate(
+                    model,
+                    tokenizer,
+                    task,
+                    state,
+                    samples=args.calibration,
+                    prompts=args.calibration_prompts,
+                    reward_pool=pool,
+                    **settings,
+                )
+                write_json(Path(item["path"]) / "calibration.json", calib)
+            del model, tokenizer
+    print()
+    print_table(results, args.k)
+    if calib is not None:
+        print(
+            f"\ncalibration at step {calib['step']} ({calib['n_prompts']} prompts x "
+            f"{calib['samples_per_prompt']}): Brier {calib['brier']:.4f} (constant predictor "
+            f"{calib['brier_constant']:.4f}), ECE {calib['ece']:.4f}, "
+            f"mean v̂ {calib['value_mean']:.3f} vs fresh {calib['rate_mean']:.3f}"
+        )
+    out = {
+        "target": str(args.target),
+        "kind": kind,
+        "task": cfg.task.name,
+        "k": args.k,
+        "n_prompts": len(examples),
+        **{k: v for k, v in settings.items() if k != "seed"},
+        "seed": cfg.seed,
+        "results": results,
+    }
+    if calib is not None:
+        out["calibration"] = calib
+    out_path = Path(args.out) if args.out else (path / "eval.json" if kind == "run" else None)
+    if out_path is not None:
+        write_json(out_path, out)
+        print(f"\nwrote {out_path}")
+    return 0
+
+
+def _checkpoint_diagnostics(ckpt: Path, state: dict, task) -> dict:
+    """Tracker diagnostics of a checkpoint (written next to it if missing; no model calls)."""
+    from spo.diagnostics import checkpoint_diagnostics, write_diagnostics
+
+    if (ckpt / "diagnostics.json").is_file() and (ckpt / "tracker.parquet").is_file():
+        return checkpoint_diagnostics(ckpt, state)
+    by_id = {ex.id: ex.prompt for ex in task.train}
+    ids = [str(x) for x in state["prompt_ids"]]
+    prompts = [by_id.get(i, "") for i in ids] if any(i in by_id for i in ids) else None
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    try:
+        return write_diagnostics(ckpt, run_dir, prompts=prompts)
+    except OSError:  # a read-only checkpoint: report without writing
+        return checkpoint_diagnostics(ckpt, state)
