@@ -1,0 +1,287 @@
+"""Evaluation: metrics against brute force, end to end on the tiny model, `spo eval` CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spo.algo import ValueTracker
+from spo.cli import main
+from spo.eval import budgets, evaluate_examples, generate_samples, summarize
+from spo.rewards import RewardPool
+from spo.tasks import load_task
+from spo.train.checkpoint import write_state
+from spo.train.config import load_config, to_yaml
+
+# A text-driven, binary reward: a random model gets a mix of right and wrong samples.
+REWARD_SRC = '''
+def reward(completion, answer):
+    """Right when the reply has an even number of characters."""
+    return len(completion) % 2 == 0
+'''
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model gains nothing from threads; on a loaded 2-core box (pytest -n 2)
+    two intra-op threads per process made each generate call ~50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ brute force
+def brute_pass_at(correct_k: np.ndarray, j: int) -> float:
+    """Mean over all j-subsets of the k samples of 'at least one is correct'."""
+    subsets = list(itertools.combinations(range(len(correct_k)), j))
+    return float(np.mean([correct_k[list(s)].any() for s in subsets]))
+
+
+def brute_maj(answers: list, correct_k: np.ndarray) -> float:
+    """Correctness of the most common non-None answer (ties: the earliest to appear)."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return 0.0
+    top = max(counts.values())
+    winner = next(a for a in answers if a is not None and counts[a] == top)
+    return float(correct_k[answers.index(winner)])
+
+
+def brute_metrics(reward_EK, answers_EK, greedy_E) -> dict[str, float]:
+    correct = np.asarray(reward_EK) >= 0.5
+    k = correct.shape[1]
+    out = {
+        "greedy": float(np.mean(np.asarray(greedy_E) >= 0.5)),
+        f"avg@{k}": float(correct.mean()),
+        f"maj@{k}": float(
+            np.mean([brute_maj(list(a), c) for a, c in zip(answers_EK, correct, strict=True)])
+        ),
+        "extract_fail": float(np.mean([a is None for row in answers_EK for a in row])),
+    }
+    for j in budgets(k):
+        out[f"pass@{j}"] = float(np.mean([brute_pass_at(c, j) for c in correct]))
+    return out
+
+
+def test_budgets_are_powers_of_two_and_k():
+    assert budgets(1) == [1]
+    assert budgets(8) == [1, 2, 4, 8]
+    assert budgets(6) == [1, 2, 4, 6]
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 8])
+def test_summarize_matches_brute_force(k):
+    rng = np.random.default_rng(k)
+    E = 12
+    # answers decide correctness (as with a real verifier): "7" is right, others wrong
+    answers = rng.choice(
+        np.array(["7", "8", "9", None], dtype=object), size=(E, k), p=[0.4, 0.25, 0.2, 0.15]
+    )
+    reward = (answers == "7").astype(float)
+    greedy = rng.integers(0, 2, size=E).astype(float)
+    got = summarize(reward, answers, greedy)
+    want = brute_metrics(reward, answers, greedy)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+    assert got["n_prompts"] == E
+
+
+def test_summarize_per_difficulty_is_summarize_of_each_level():
+    rng = np.random.default_rng(0)
+    answers = rng.choice(np.array(["1", "2", None], dtype=object), size=(9, 4))
+    reward = (answers == "1").astype(float)
+    greedy = rng.integers(0, 2, size=9).astype(float)
+    levels = [3, 1, 1, 2, 3, 1, None, 2, 10]
+    got = summarize(reward, answers, greedy, levels)
+    for level in (1, 2, 3, 10):
+        rows = [i for i, d in enumerate(levels) if d == level]
+        sub = summarize(reward[rows], answers[rows], greedy[rows])
+        for key, value in sub.items():
+            assert got[f"{key}/difficulty={level}"] == pytest.approx(value)
+    assert not any("difficulty=None" in key for key in got)
+    # numeric levels in numeric order (10 after 3)
+    order = [key.split("=")[1] for key in got if key.startswith("greedy/")]
+    assert order == ["1", "2", "3", "10"]
+
+
+def test_summarize_greedy_only_and_fractional_rewards():
+    got = summarize(greedy_reward_E=[1.0, 0.0, 0.6])
+    assert got == {"n_prompts": 3.0, "greedy": pytest.approx(2 / 3)}
+    got = summarize([[0.2, 0.7], [0.5, 0.4]], [["a", "b"], ["c", "c"]])
+    assert got["avg@2"] == pytest.approx(0.5)  # correct = reward >= 0.5
+    assert got["reward_mean"] == pytest.approx(0.45)
+
+
+# ------------------------------------------------------------- tiny model, end to end
+@pytest.fixture()
+def task_files(tmp_path: Path) -> dict[str, str]:
+    data = tmp_path / "data.jsonl"
+    rows = [
+        {"prompt": f"What is {i} plus {i % 5}?", "answer": str(i + i % 5), "difficulty": 1 + i % 3}
+        for i in range(30)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reward = tmp_path / "reward.py"
+    reward.write_text(REWARD_SRC)
+    return {"data": str(data), "reward": f"{reward}:reward"}
+
+
+def overrides(task_files: dict) -> list[str]:
+    return [
+        f"task.name={task_files['data']}",
+        f"task.reward_fn={task_files['reward']}",
+        "task.train_size=20",
+        "task.test_size=6",
+        "rollout.max_new_tokens=6",
+        "rollout.batch_size=32",
+        "reward.workers=0",
+        "eval_size=6",
+    ]
+
+
+def test_evaluate_examples_matches_brute_force_on_its_samples(tiny_model_dir, task_files):
+    from spo.models import load_policy
+    from spo.tasks.verifiers import load_user_function
+
+    cfg = load_config(None, overrides(task_files))
+    task = load_task(name=cfg.task.name, train_size=20, test_size=6, reward_fn=cfg.task.reward_fn)
+    model, tok = load_policy(str(tiny_model_dir))
+    kw = {"k": 4, "max_new_tokens": 6, "temperature": 1.0, "seed": 3}
+    with RewardPool(task.verifier, workers=0) as pool:
+        samples = generate_samples(model, tok, task, task.test, reward_pool=pool, **kw)
+        metrics = evaluate_examples(model, tok, task, task.test, reward_pool=pool, **kw)
+    # recompute everything from the texts, with the user's function called directly
+    fn = load_user_function(task_files["reward"])
+    reward = [
+        [float(fn(t, ex.answer)) for t in row]
+        for row, ex in zip(samples.texts_EK, task.test, strict=True)
+    ]
+    answers = [[task.extract_answer(t) for t in row] for row in samples.texts_EK]
+    greedy = [
+        float(fn(t, ex.answer)) for t, ex in zip(samples.greedy_texts_E, task.test, strict=True)
+    ]
+    want = brute_metrics(reward, answers, greedy)
+    for key, value in want.items():
+        assert metrics[key] == pytest.approx(value), key
+    assert 0 < metrics["avg@4"] < 1  # the reward really varies on this model
+    per_level = [key for key in metrics if key.startswith("n_prompts/difficulty=")]
+    assert per_level and sum(metrics[key] for key in per_level) == len(task.test)
+    # the greedy response does not depend on the seed
+    again = evaluate_examples(
+        model, tok, task, task.test, reward_pool=None, **{**kw, "seed": 4, "k": 0}
+    )
+    assert again["greedy"] == metrics["greedy"]
+
+
+def test_spo_eval_model_dir(tiny_model_dir, task_files, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    rc = main(["eval", str(tiny_model_dir), *overrides(task_files), "--k", "4", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "pass@4" in printed and "by difficulty" in printed
+    result = json.loads(out.read_text())
+    assert result["kind"] == "model" and result["k"] == 4 and result["n_prompts"] == 6
+    metrics = result["results"][0]["metrics"]
+    assert {"greedy", "avg@4", "pass@1", "pass@2", "pass@4", "maj@4", "extract_fail"} <= set(
+        metrics
+    )
+    assert metrics["pass@1"] == pytest.approx(metrics["avg@4"])  # unbiased pass@1 = avg@k
+
+
+def make_run(tmp_path: Path, model_dir: Path, task_files: dict) -> Path:
+    """A run dir with one checkpoint: the tiny model + a tracker state over the task."""
+    run = tmp_path / "run"
+    cfg = load_config(
+        None,
+        [
+            *overrides(task_files),
+            f"model.path={model_dir}",
+            f"run_dir={run}",
+            "model.dtype=float32",
+        ],
+    )
+    run.mkdir()
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "samples": 16}) + "\n")
+    ckpt = run / "checkpoints" / "step_000002"
+    shutil.copytree(model_dir, ckpt)
+    task = load_task(name=cfg.task.name, train_size=20, test_size=6, reward_fn=cfg.task.reward_fn)
+    tracker = ValueTracker(len(task.train))
+    tracker.update(np.arange(10), np.tile([1.0, 0.0], 5), 0.9, step=2)
+    write_state(
+        ckpt,
+        {
+            "step": 2,
+            "samples_seen": 16,
+            "train_seconds": 3.0,
+            "prompt_ids": np.array([ex.id for ex in task.train]),
+            "tracker": tracker.state_dict(),
+            "sampler": {"eps": 0.05, "mode": "priority"},
+        },
+    )
+    (ckpt / "config.yaml").write_text(to_yaml(cfg))
+    (ckpt / "COMPLETE").write_text(json.dumps({"step": 2}))
+    return run
+
+
+def test_spo_eval_run_dir_with_calibration(tiny_model_dir, task_files, tmp_path, capsys):
+    run = make_run(tmp_path, tiny_model_dir, task_files)
+    rc = main(["eval", str(run), "--k", "2", "--calibration", "3", "--calibration-prompts", "4"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "calibration at step 2" in printed
+    result = json.loads((run / "eval.json").read_text())
+    assert [r["label"] for r in result["results"]] == ["initial", "step_000002"]
+    assert [r["samples"] for r in result["results"]] == [0, 16]
+    assert result["results"][1]["wall_seconds"] == 3.0
+    assert result["results"][1]["diagnostics"]["frontier"] == pytest.approx(1.0)
+    cal = result["calibration"]
+    assert cal["n_prompts"] == 4 and cal["samples_per_prompt"] == 3
+    assert len(cal["prompt_ids"]) == 4
+    ckpt = run / "checkpoints" / "step_000002"
+    for name in ("calibration.json", "diagnostics.json", "tracker.parquet"):
+        assert (ckpt / name).is_file(), name
+    # one checkpoint, with a task override, JSON elsewhere
+    out = tmp_path / "one.json"
+    assert (
+        main(["eval", str(ckpt), "eval_size=3", "--k", "1", "--no-greedy", "--out", str(out)]) == 0
+    )
+    one = json.loads(out.read_text())
+    assert one["kind"] == "checkpoint" and one["n_prompts"] == 3
+    assert "greedy" not in one["results"][0]["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["does/not/exist"], "does not exist"),
+        (["{tmp}"], "neither a model directory"),
+        (["{model}", "--calibration", "4"], "needs a run or checkpoint"),
+        (["{model}", "nonsense"], "not key=value"),
+        (["{model}", "task.nam=x"], "task.nam"),
+        (["{model}", "--k", "0", "--no-greedy"], "nothing to evaluate"),
+    ],
+)
+def test_spo_eval_user_errors_are_one_line(tiny_model_dir, tmp_path, capsys, args, message):
+    args = [a.format(tmp=tmp_path, model=tiny_model_dir) for a in args]
+    assert main(["eval", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spo: error:") and message in err and "\n" not in err
+
+
+def test_spo_eval_run_without_checkpoints(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("algo: spo\n")
+    (run / "metrics.jsonl").write_text("")
+    assert main(["eval", str(run)]) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
