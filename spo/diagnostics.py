@@ -192,9 +192,7 @@ def tracker_summary(
     """Scalars and histograms of one tracker state (no model calls)."""
     arr = tracker_arrays(tracker_state)
     v, n, seen = arr["value"], arr["count"], arr["last_step"] >= 0
-    n_max = max(
-        float(n.max()) if n.size else 1.0, 1.0 / (1.0 - float(tracker_state.get("rho_max", 0.96)))
-    )
+    n_max = max(2.0, float(n.max()) if n.size else 1.0)
     lo, hi = FRONTIER
     out = {
         "num_prompts": int(v.size),
@@ -210,7 +208,7 @@ def tracker_summary(
         "histograms": {
             "value": histogram(v, VALUE_BINS, 0.0, 1.0),
             "value_seen": histogram(v[seen], VALUE_BINS, 0.0, 1.0),
-            "count": histogram(n, 25, 0.0, math.ceil(n_max)),
+            "count": histogram(n, 25, 0.0, math.ceil(n_max * 1.04)),
         },
     }
     if rho_P is not None and rho_P.size:

@@ -238,10 +238,13 @@ def _curve(
     return True
 
 
-def _figure(n: int, height: float = 3.3):
+FIG_WIDTH = 13.0  # inches at 100 dpi: every figure is as wide as the page, same font size
+
+
+def _figure(n: int, height: float = 3.4):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.3 * n, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(FIG_WIDTH, height), dpi=100, layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
     for ax in axes:
         ax.grid(alpha=0.3)
