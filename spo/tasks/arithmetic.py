@@ -23,6 +23,7 @@ are read as 1234, -5, 12), else 0.
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,6 +65,8 @@ def _apply(op: str, a: int, b: int) -> int:
 # example's meta["difficulty"] is the 1-based position here.
 LEVELS: tuple[Level, ...] = (
     Level("add0", "n + 0, n with 2-3 digits", "+", (10, 999), (0, 0)),
+    Level("times1", "n * 1, n with 2-3 digits", "*", (10, 999), (1, 1)),
+    Level("sub0", "n - 0, n with 2-3 digits", "-", (10, 999), (0, 0)),
     Level("add1", "1-digit + 1-digit", "+", (0, 9), (0, 9)),
     Level("mul1", "1-digit * 1-digit", "*", (0, 9), (0, 9)),
     Level(
@@ -76,7 +79,7 @@ LEVELS: tuple[Level, ...] = (
     ),
     Level("add2x1", "2-digit + 1-digit", "+", (10, 99), (1, 9)),
     Level("add2", "2-digit + 2-digit", "+", (10, 99), (10, 99)),
-    Level("sub2x1", "2-digit - 1-digit, a >= 20", "-", (20, 99), (0, 9)),
+    Level("sub2x1", "2-digit - 1-digit, a >= 20", "-", (20, 99), (1, 9)),
     Level("mul2x1", "2-digit * 1-digit", "*", (10, 99), (2, 9)),
     Level("add3", "3-digit + 3-digit", "+", (100, 999), (100, 999)),
 )
@@ -84,8 +87,8 @@ LEVEL_BY_NAME = {level.name: level for level in LEVELS}
 DIFFICULTY_OF = {level.name: rank for rank, level in enumerate(LEVELS, 1)}
 
 MIXES: dict[str, tuple[str, ...]] = {
-    "easy": ("add0", "add1", "mul1"),
-    "default": ("add0", "add1", "mul1", "sub1", "add2x1", "add2"),
+    "easy": ("add0", "times1", "sub0", "add1", "mul1"),
+    "default": ("add0", "times1", "sub0", "add1", "mul1", "add2"),
     "hard": ("add2x1", "add2", "sub2x1", "mul2x1", "add3"),
     "all": tuple(level.name for level in LEVELS),
 }
@@ -112,8 +115,8 @@ def parse_difficulty(difficulty: str | None) -> tuple[str, ...]:
 
 
 def _permutation(level: Level, seed: int) -> np.ndarray:
-    rank = DIFFICULTY_OF[level.name]
-    return np.random.default_rng([seed, rank]).permutation(level.size)
+    # Keyed by the level's name, not its rank, so adding a level never reshuffles the others.
+    return np.random.default_rng([seed, zlib.crc32(level.name.encode())]).permutation(level.size)
 
 
 def _deal(size: int, mix: tuple[str, ...], room: dict[str, int]) -> list[str]:

@@ -69,7 +69,7 @@ def test_small_levels_run_out_gracefully_and_then_error():
 def test_difficulty_presets_lists_and_ranks():
     assert parse_difficulty(None) == MIXES["default"]
     assert parse_difficulty("hard") == MIXES["hard"]
-    assert parse_difficulty("add1, 6") == ("add1", "add2")
+    assert parse_difficulty("add1, 1") == ("add1", LEVELS[0].name)
     task = arithmetic(difficulty="mul1", train_size=40, test_size=20)
     assert {ex.meta["level"] for ex in task.train} == {"mul1"}
     with pytest.raises(TaskError, match="unknown arithmetic difficulty 'impossible'"):
