@@ -42,6 +42,7 @@ from spo.algo import (
     rho_from_divergence,
     small_advantage_fraction,
 )
+from spo.diagnostics import write_diagnostics
 from spo.logprobs import completion_logp
 from spo.models import load_policy
 from spo.rewards import RewardPool
@@ -215,6 +216,10 @@ class Trainer:
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             ckpt.write_state(tmp, self._state())
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))
+            # Tracker diagnostics (histograms, frontier, sampler ESS, parquet export) ride
+            # inside the atomic checkpoint; cheap: no model calls.
+            write_diagnostics(tmp, self.run_dir,
+                              prompts=[ex.prompt for ex in self.train_examples])
 
         return ckpt.save_checkpoint(self.ckpt_root, self.step, write,
                                     keep=self.cfg.keep_checkpoints)
