@@ -88,7 +88,10 @@ def test_chunked_equals_unchunked(model):
     for logp, grads in results[:-1]:
         assert torch.equal(logp, results[-1][0])
         for g, ref in zip(grads, results[-1][1], strict=True):
-            assert torch.allclose(g.float(), ref.float(), atol=1e-2, rtol=1e-2)
+            # the (tied) head gradient is summed over chunks in fp32 and rounded to bf16
+            # once: chunkings may differ by one bf16 step of the largest entry
+            scale = ref.float().abs().max().item()
+            assert torch.allclose(g.float(), ref.float(), atol=1e-2 * scale + 1e-6)
 
 
 def test_gradient_matches_naive_and_ignores_masked(model):
