@@ -294,7 +294,7 @@ MODEL_OR_RUN is a Hugging Face model directory, embedded:smollm2-135m-instruct, 
 checkpoint (RUN/checkpoints/step_NNNNNN) or a run directory (every checkpoint, plus the
 initial model as step 0). key=value options are `spo train` options (see its --help); a
 run's or checkpoint's saved config is the starting point, e.g. task.test_size=200
-eval_size=200 rollout.temperature=0.6 task.name=data.jsonl.
+eval_size=200 rollout.temperature=0.6 task.name=data.jsonl; put them before --options.
 
 examples:
   spo eval runs/demo-20260101-120000              # accuracy vs step -> RUN/eval.json

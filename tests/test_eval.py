@@ -285,3 +285,32 @@ def test_spo_eval_run_without_checkpoints(tmp_path, capsys):
     (run / "metrics.jsonl").write_text("")
     assert main(["eval", str(run)]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_in_training_eval_is_logged(tiny_model_dir, task_files, tmp_path):
+    """The trainer calls evaluate_examples every eval_every steps; metrics land in the log."""
+    from spo.train.trainer import Trainer
+
+    run = tmp_path / "run"
+    cfg = load_config(
+        None,
+        [
+            *overrides(task_files),
+            f"model.path={tiny_model_dir}",
+            f"run_dir={run}",
+            "steps=2",
+            "eval_every=2",
+            "samples_per_step=4",
+            "log.tensorboard=false",
+            "log.progress=false",
+            "optim.micro_batch_size=4",
+        ],
+    )
+    trainer = Trainer(cfg)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "eval/greedy" not in records[0]
+    assert {"eval/greedy", "eval/avg@1", "eval/pass@1", "eval/maj@1"} <= set(records[1])
