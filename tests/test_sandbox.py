@@ -1,10 +1,10 @@
 """Attack suite for spo.sandbox: every attack is contained, reported, and this process lives on.
 
-Each test in the attack section runs once per isolated level that works on this machine
-("bwrap", "namespaces"); a level that does not work is skipped with the reason (e.g.
-"bwrap not found (apt-get install bubblewrap)"), so the -ra summary says which isolation
-was actually tested. If neither works, the attack tests skip and only the unsafe-mode and
-argument tests run. Attacks that would hurt the host without isolation (fork bomb,
+Each test of the attack section runs once per isolated level that works on this machine
+("bwrap", "namespaces"); `test_which_isolation_this_machine_has` skips with the levels that
+do not work and why (e.g. "bwrap not found (apt-get install bubblewrap)"), so the -ra
+summary says which isolation was actually tested. If neither works, the attack tests skip
+and only the unsafe-mode and argument tests run. Attacks that would hurt the host without isolation (fork bomb,
 kill(-1)) are never run in "none" mode.
 """
 
@@ -35,13 +35,22 @@ AVAILABLE = available_isolation()
 IS_ROOT = os.geteuid() == 0
 
 
-@pytest.fixture(params=["bwrap", "namespaces"])
+WORKING = [mode for mode, reason in AVAILABLE.items() if reason is None]
+
+
+@pytest.fixture(params=WORKING or ["unavailable"])
 def iso(request) -> str:
-    """An isolated level that works here (skipped, with the reason, where it does not)."""
-    reason = AVAILABLE[request.param]
-    if reason is not None:
-        pytest.skip(f"isolation {request.param!r} unavailable here: {reason}")
+    """Each isolated level that works here; the attack tests skip if none does."""
+    if request.param == "unavailable":
+        pytest.skip(f"no isolated sandbox level works here: {AVAILABLE}")
     return request.param
+
+
+def test_which_isolation_this_machine_has():
+    """Says (as a skip reason in the -ra summary) which levels the attack suite did not run."""
+    missing = {mode: reason for mode, reason in AVAILABLE.items() if reason is not None}
+    if missing:
+        pytest.skip(f"attack suite ran under {WORKING or 'nothing'}; unavailable: {missing}")
 
 
 def run(code: str, iso: str, **kw) -> SandboxResult:

@@ -67,6 +67,7 @@ __all__ = [
     "SandboxError",
     "SandboxResult",
     "available_isolation",
+    "resolve_isolation",
     "run_python",
 ]
 
@@ -148,9 +149,20 @@ def run_python(
     if not isinstance(code, str):
         raise SandboxError(f"code must be a str, got {type(code).__name__}")
     python = python or sys.executable
-    mode = _resolve_isolation(isolation, allow_unsafe, python)
+    mode = resolve_isolation(isolation, allow_unsafe, python)
     limits = _Limits(timeout_s, cpu_s, memory_mb, output_limit, max_processes, disk_mb)
     return _execute(mode, code, limits, python)
+
+
+def resolve_isolation(
+    isolation: Isolation = "auto", allow_unsafe: bool = False, python: str | None = None
+) -> str:
+    """The level `run_python` would use ("bwrap", "namespaces" or "none"), or SandboxError.
+
+    Call it once at start-up to fail early (before a long run) rather than at the first
+    tool call.
+    """
+    return _resolve_isolation(isolation, allow_unsafe, python or sys.executable)
 
 
 def available_isolation(python: str | None = None) -> dict[str, str | None]:
@@ -215,7 +227,7 @@ def _resolve_isolation(isolation: str, allow_unsafe: bool, python: str) -> str:
             f"no sandbox isolation available ({why}); running code UNISOLATED "
             "because allow_unsafe=True",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return "none"
     raise SandboxError(
