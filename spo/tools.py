@@ -46,7 +46,9 @@ _CODE_BLOCK = re.compile(
     r"^[ \t]*```[ \t]*(?:python3?|py)[ \t]*\r?\n(.*?)^[ \t]*```[ \t]*$",
     re.DOTALL | re.MULTILINE | re.IGNORECASE,
 )
-_OPENING_FENCE = re.compile(r"^[ \t]*```[ \t]*(?:python3?|py)[ \t]*\r?$", re.MULTILINE | re.IGNORECASE)
+_OPENING_FENCE = re.compile(
+    r"^[ \t]*```[ \t]*(?:python3?|py)[ \t]*\r?$", re.MULTILINE | re.IGNORECASE
+)
 _SANDBOX_KWARGS = set(inspect.signature(run_python).parameters) - {"code"}
 
 Message = Mapping[str, str]

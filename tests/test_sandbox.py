@@ -4,8 +4,8 @@ Each test of the attack section runs once per isolated level that works on this 
 ("bwrap", "namespaces"); `test_which_isolation_this_machine_has` skips with the levels that
 do not work and why (e.g. "bwrap not found (apt-get install bubblewrap)"), so the -ra
 summary says which isolation was actually tested. If neither works, the attack tests skip
-and only the unsafe-mode and argument tests run. Attacks that would hurt the host without isolation (fork bomb,
-kill(-1)) are never run in "none" mode.
+and only the unsafe-mode and argument tests run. Attacks that would hurt the host without
+isolation (fork bomb, kill(-1)) are never run in "none" mode.
 """
 
 from __future__ import annotations
@@ -497,3 +497,12 @@ def test_unsafe_mode_survives_its_parent_being_killed():
     # Our init died; the script dies with it (PR_SET_PDEATHSIG) and the call reports it.
     assert res.killed_reason == "signal" and res.exit_code == -9
     assert res.duration_s < 4.5
+
+
+def test_a_sandbox_that_cannot_start_raises_instead_of_reporting(iso, monkeypatch):
+    # Hide the interpreter from the sandbox: that is a broken setup, not failing code.
+    monkeypatch.setattr(sandbox, "_interpreter_roots", lambda python: [])
+    if sys.prefix.startswith(("/usr/", "/bin/", "/lib")):
+        pytest.skip("this interpreter lives in a system directory, which is always visible")
+    with pytest.raises(SandboxError, match=rf"sandbox could not start \({iso}\)"):
+        run("print(1)", iso)

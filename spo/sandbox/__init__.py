@@ -132,7 +132,7 @@ def run_python(
     output_limit: int = 8192,
     isolation: Isolation = "auto",
     allow_unsafe: bool = False,
-    max_processes: int = 64,
+    max_processes: int = 16,
     disk_mb: int = 64,
     python: str | None = None,
 ) -> SandboxResult:
@@ -582,24 +582,25 @@ def _pump(proc, payload, out, err, status, status_r, deadline, limits) -> str | 
 
 
 def _result(mode, returncode, out, err, status, reason, limits, start) -> SandboxResult:
-    report = {}
-    lines = status.head.decode("utf-8", errors="replace").splitlines()
-    if lines:
+    report: dict = {}
+    for line in status.head.decode("utf-8", errors="replace").splitlines():
         with contextlib.suppress(ValueError):
-            report = json.loads(lines[0])
-    if "setup_error" in report:
-        raise SandboxError(f"sandbox setup failed ({mode}): {report['setup_error']}")
+            report.update(json.loads(line))
+    stderr = err.text()
+    for key in ("setup_error", "exec_error"):
+        if key in report:
+            raise SandboxError(f"sandbox could not start ({mode}): {report[key]}")
+    if not report.get("started") and reason is None:
+        why = (stderr.strip().splitlines() or [f"exit status {returncode}"])[-1]
+        raise SandboxError(f"sandbox could not start ({mode}): {why}")
     exit_code = report.get("exit_code")
     cpu = report.get("cpu_s")
-    stderr = err.text()
     if reason is None:
         if exit_code is None:
-            # No report from our init: the wrapper died (e.g. the code killed it in "none"
-            # mode, where its parent is killable) or failed to start.
-            exit_code = returncode
-            reason = "signal" if returncode is not None and returncode < 0 else None
-            if returncode not in (0, None) and not stderr:
-                stderr = f"sandbox: wrapper exited with status {returncode}"
+            # Started, but our init died before reporting: in "none" mode the code can kill
+            # it (it is the code's parent); the code then dies of PR_SET_PDEATHSIG.
+            exit_code = returncode if returncode is not None and returncode < 0 else -9
+            reason = "signal"
         elif exit_code < 0:
             cpu_spent = cpu is not None and cpu >= 0.8 * math.ceil(limits.cpu_s)
             if -exit_code == signal.SIGXCPU or (-exit_code == signal.SIGKILL and cpu_spent):

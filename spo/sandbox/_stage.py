@@ -11,9 +11,12 @@ Steps, as the init (pid 1 of the new pid namespace, root of the new mount namesp
    allow-listed tree there (read-only binds, symlinks, /dev nodes, /proc, a size-limited
    tmpfs /tmp), `pivot_root` into it, detach the old root and remount / read-only.
    (bubblewrap builds the same tree itself from the same layout.)
-2. write the code to <cwd>/main.py and fork. The child sets the rlimits, leaves stdin at
-   /dev/null, drops every capability (bounding set, securebits, and a setuid to a per-call
-   unprivileged uid when the real uid is root), sets no_new_privs and execs Python.
+2. write the code to <cwd>/main.py, report {"started": true} on `status_fd` and fork
+   (setup and exec failures are reported there too, as "setup_error" / "exec_error",
+   so the caller can tell a broken sandbox from failing code). The child sets the
+   rlimits, leaves stdin at /dev/null, drops every capability (bounding set, securebits,
+   and a setuid to a per-call unprivileged uid when the real uid is root), sets
+   no_new_privs and execs Python.
 3. reap children until the main one exits, write its status as one JSON line to
    `status_fd`, exit. Exiting as pid 1 makes the kernel SIGKILL everything left in the
    namespace: background processes never outlive the call.
@@ -129,6 +132,7 @@ def build_root(newroot, layout):
             mount("proc", dest, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         else:
             raise ValueError(f"unknown layout op {kind!r}")
+    _check(libc.sethostname(b"sandbox", 7), "sethostname")
     os.chdir(newroot)
     nr = SYS_PIVOT_ROOT.get(platform.machine())
     if nr is None:
@@ -177,7 +181,8 @@ def clear_capabilities():
 
 def run_child(cfg, main_py, status_fd):
     try:
-        os.close(status_fd)
+        # Closed by a successful execve; still open to report a failed one.
+        os.set_inheritable(status_fd, False)
         fd = os.open("/dev/null", os.O_RDONLY)
         os.dup2(fd, 0)
         os.close(fd)
@@ -190,7 +195,8 @@ def run_child(cfg, main_py, status_fd):
         argv = [cfg["python"], *cfg["python_args"], main_py]
         os.execve(cfg["python"], argv, cfg["env"])
     except BaseException as exc:
-        os.write(2, f"sandbox: cannot start python: {exc}\n".encode())
+        msg = f"cannot start {cfg['python']}: {exc!r}"
+        os.write(status_fd, (json.dumps({"exec_error": msg}) + "\n").encode())
     finally:
         os._exit(127)
 
@@ -214,8 +220,9 @@ def main():
             f.write(cfg["code"])
         os.chmod(main_py, 0o644)
     except BaseException as exc:
-        os.write(status_fd, (json.dumps({"setup_error": str(exc)}) + "\n").encode())
+        os.write(status_fd, (json.dumps({"setup_error": repr(exc)}) + "\n").encode())
         os._exit(125)
+    os.write(status_fd, b'{"started": true}\n')
     pid = os.fork()
     if pid == 0:
         run_child(cfg, main_py, status_fd)
