@@ -1,0 +1,221 @@
+"""Memory of a long spo-rl SPO run: flat RSS over steps, and forgetting-estimator storage (issue 6).
+
+Runs the SPO trainer for `--steps` steps with small settings (16 samples/step, 16 new
+tokens: a few minutes on 2 cores) once per forgetting estimator, each in its own
+subprocess, and records after every step the process RSS (VmRSS), the peak RSS
+(ru_maxrss), the replay store's bytes and prompt count, and the drift tracker's bytes.
+
+Reported per estimator:
+  rss_slope_mib_per_step  least-squares slope of RSS over steps >= --skip (the first steps
+                          allocate the optimizer's fp32 masters, moments and caches)
+  rss_growth_mib          RSS(last) - RSS(--skip)
+  bytes_per_prompt        replay: stored bytes / stored prompts (one response + its
+                          log-probs per prompt, grows with response length); drift: the
+                          tracker's per-prompt array bytes / prompts (constant 4 B)
+
+Run from the repository root:
+
+    .venv/bin/python bench/memory.py                 # writes bench/results/memory.json
+    .venv/bin/python bench/memory.py --steps 20 --rho drift --out /tmp/memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _child(rho: str, steps: int, samples: int, new_tokens: int, run_dir: str) -> dict:
+    from spo.train.config import load_config
+    from spo.train.trainer import Trainer
+
+    cfg = load_config(
+        None,
+        [
+            "algo=spo",
+            f"samples_per_step={samples}",
+            f"rollout.max_new_tokens={new_tokens}",
+            f"tracker.rho={rho}",
+            f"steps={steps}",
+            f"run_dir={run_dir}",
+            "log.progress=false",
+            "log.tensorboard=false",
+            "checkpoint_every=100000",
+        ],
+    )
+    rss_before_trainer = _rss_mib()
+    trainer = Trainer(cfg)
+    rss_after_init = _rss_mib()
+    n_prompts = len(trainer.train_examples)
+    rows = []
+    t0 = time.perf_counter()
+    for i in range(steps):
+        m = trainer.train_step()
+        rows.append(
+            {
+                "step": i + 1,
+                "rss_mib": round(_rss_mib(), 2),
+                "peak_rss_mib": round(_peak_rss_mib(), 2),
+                "step_s": round(m["time/step"], 3),
+                "replay_bytes": int(trainer.replay.nbytes),
+                "replay_prompts": len(trainer.replay),
+                "drift_bytes": int(trainer.drift.nbytes),
+                "tracker_bytes": int(trainer.tracker.nbytes),
+                "reward_mean": m["reward/mean"],
+                "completion_length_mean": m["completion/length_mean"],
+            }
+        )
+        if (i + 1) % 10 == 0:
+            print(f"  rho={rho} step {i + 1}: RSS {rows[-1]['rss_mib']:.0f} MiB", flush=True)
+    wall = time.perf_counter() - t0
+    trainer.close()
+    return {
+        "rows": rows,
+        "num_prompts": n_prompts,
+        "rss_before_trainer_mib": rss_before_trainer,
+        "rss_after_init_mib": rss_after_init,
+        "wall_s": wall,
+        "peak_rss_mib": _peak_rss_mib(),
+    }
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+
+
+def _summarise(child: dict, skip: int) -> dict:
+    rows = child["rows"]
+    tail = [r for r in rows if r["step"] >= skip] or rows
+    last = rows[-1]
+    out = {
+        "steps": len(rows),
+        "rss_after_init_mib": round(child["rss_after_init_mib"], 1),
+        "rss_first_step_mib": rows[0]["rss_mib"],
+        "rss_at_skip_mib": tail[0]["rss_mib"],
+        "rss_last_mib": last["rss_mib"],
+        "rss_min_after_skip_mib": min(r["rss_mib"] for r in tail),
+        "rss_max_after_skip_mib": max(r["rss_mib"] for r in tail),
+        "rss_slope_mib_per_step": round(
+            _slope([r["step"] for r in tail], [r["rss_mib"] for r in tail]), 4
+        ),
+        "rss_growth_mib": round(last["rss_mib"] - tail[0]["rss_mib"], 2),
+        "peak_rss_mib": round(child["peak_rss_mib"], 1),
+        "s_per_step": round(child["wall_s"] / len(rows), 2),
+        "num_prompts": child["num_prompts"],
+        "drift_bytes_per_prompt": last["drift_bytes"] / child["num_prompts"],
+        "tracker_bytes_per_prompt": last["tracker_bytes"] / child["num_prompts"],
+        "replay_bytes": last["replay_bytes"],
+        "replay_prompts": last["replay_prompts"],
+        "replay_bytes_per_stored_prompt": (
+            last["replay_bytes"] / last["replay_prompts"] if last["replay_prompts"] else 0.0
+        ),
+        "per_step": rows,
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--samples", type=int, default=16, help="samples_per_step")
+    ap.add_argument("--new-tokens", type=int, default=16, help="rollout.max_new_tokens")
+    ap.add_argument("--rho", default="drift,replay", help="comma list: drift, replay, constant")
+    ap.add_argument("--skip", type=int, default=10, help="first step of the RSS slope fit")
+    ap.add_argument("--out", default=str(RESULTS / "memory.json"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    ap.add_argument("--child-dir", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        res = _child(args.child, args.steps, args.samples, args.new_tokens, args.child_dir)
+        Path(args.child_out).write_text(json.dumps(res))
+        return 0
+
+    import torch
+
+    result: dict = {
+        "benchmark": "memory",
+        "command": "python bench/memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "settings": {
+            "algo": "spo",
+            "steps": args.steps,
+            "samples_per_step": args.samples,
+            "max_new_tokens": args.new_tokens,
+            "slope_fit_from_step": args.skip,
+        },
+        "estimators": {},
+    }
+    for rho in [r.strip() for r in args.rho.split(",") if r.strip()]:
+        print(f"rho={rho}: {args.steps} SPO steps (load {os.getloadavg()[0]:.2f})", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"memory_{rho}_") as tmp:
+            out = Path(tmp) / "result.json"
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                rho,
+                "--child-out",
+                str(out),
+                "--child-dir",
+                str(Path(tmp) / "run"),
+                "--steps",
+                str(args.steps),
+                "--samples",
+                str(args.samples),
+                "--new-tokens",
+                str(args.new_tokens),
+            ]
+            subprocess.run(cmd, check=True, cwd=ROOT)
+            summary = _summarise(json.loads(out.read_text()), args.skip)
+        summary["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+        result["estimators"][rho] = summary
+        print(
+            f"  RSS {summary['rss_at_skip_mib']:.0f} -> {summary['rss_last_mib']:.0f} MiB, slope "
+            f"{summary['rss_slope_mib_per_step']:+.3f} MiB/step, peak {summary['peak_rss_mib']:.0f}"
+            f" MiB; replay {summary['replay_bytes_per_stored_prompt']:.0f} B/prompt, drift "
+            f"{summary['drift_bytes_per_prompt']:.0f} B/prompt"
+        )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
