@@ -148,7 +148,7 @@ def run_python(
     _check_args(timeout_s, cpu_s, memory_mb, output_limit, max_processes, disk_mb)
     if not isinstance(code, str):
         raise SandboxError(f"code must be a str, got {type(code).__name__}")
-    python = python or sys.executable
+    python = _find_python(python)
     mode = resolve_isolation(isolation, allow_unsafe, python)
     limits = _Limits(timeout_s, cpu_s, memory_mb, output_limit, max_processes, disk_mb)
     return _execute(mode, code, limits, python)
@@ -162,16 +162,25 @@ def resolve_isolation(
     Call it once at start-up to fail early (before a long run) rather than at the first
     tool call.
     """
-    return _resolve_isolation(isolation, allow_unsafe, python or sys.executable)
+    return _resolve_isolation(isolation, allow_unsafe, _find_python(python))
 
 
 def available_isolation(python: str | None = None) -> dict[str, str | None]:
     """Which isolated levels work here: {"bwrap": None or why not, "namespaces": ...}."""
-    python = python or sys.executable
+    python = _find_python(python)
     return {mode: _probe(mode, python) for mode in ("bwrap", "namespaces")}
 
 
 # --------------------------------------------------------------------------- internals
+
+
+def _find_python(python: str | None) -> str:
+    if not python:
+        return sys.executable
+    found = python if os.path.isabs(python) else shutil.which(python)
+    if found is None or not os.access(found, os.X_OK):
+        raise SandboxError(f"python={python!r} is not an executable file")
+    return os.path.abspath(found)
 
 
 @dataclass(frozen=True)
