@@ -517,3 +517,27 @@ def test_a_sandbox_that_cannot_start_raises_instead_of_reporting(iso, monkeypatc
         pytest.skip("this interpreter lives in a system directory, which is always visible")
     with pytest.raises(SandboxError, match=rf"sandbox could not start \({iso}\)"):
         run("print(1)", iso)
+
+
+def test_sandbox_dies_with_its_caller(iso):
+    marker = f"spo-orphan-{uuid.uuid4().hex}"
+    script = textwrap.dedent(
+        f"""
+        from spo.sandbox import run_python
+        code = "import os, sys, time\\nos.execv(sys.executable, ['python', '-c', "
+        code += "'import time; time.sleep(60)', {marker!r}])\\n"
+        run_python(code, isolation={iso!r}, timeout_s=60)
+        """
+    )
+    caller = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 20
+        while not processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert processes_with(marker), "the sandboxed sleeper never started"
+        caller.kill()  # the trainer dies without any clean-up
+        caller.wait()
+        assert wait_gone(marker) == []
+    finally:
+        caller.kill()
+        caller.wait()
