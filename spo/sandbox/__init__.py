@@ -466,6 +466,14 @@ def _rlimits(limits: _Limits) -> dict[str, tuple[int, int]]:
     }
 
 
+def _sandbox_uid() -> int | None:
+    """A fresh unprivileged uid for a root caller (None: keep the caller's non-root uid)."""
+    if os.geteuid() != 0:
+        return None
+    low, high = _SANDBOX_UID_RANGE
+    return low + secrets.randbelow(high - low)
+
+
 def _exited(pid: int) -> bool:
     """Has `pid` exited? Does not reap it, so its pid (our process group id) stays reserved."""
     try:
@@ -493,10 +501,7 @@ def _execute(mode: str, code: str, limits: _Limits, python: str) -> SandboxResul
         "python_args": ["-I", "-B", "-u"],
         "env": _user_env(python, cwd),
         "rlimits": _rlimits(limits),
-        "uid": secrets.randbelow(_SANDBOX_UID_RANGE[1] - _SANDBOX_UID_RANGE[0])
-        + _SANDBOX_UID_RANGE[0]
-        if os.geteuid() == 0
-        else None,
+        "uid": _sandbox_uid(),
         "newroot": workdir,
         "layout": layout,
         "cwd": cwd,
@@ -550,19 +555,22 @@ def _pump(proc, payload, out, err, status, status_r, deadline, limits) -> str | 
     sel.register(stdin_fd, selectors.EVENT_WRITE)
     pending = memoryview(payload)
     hard_cap = _OUTPUT_KILL_FACTOR * limits.output_limit
-    exit_deadline: float | None = None
+    reason: str | None = None
+    drain_until: float | None = None  # set once everything is dead or killed
     try:
         while sel.get_map():
             now = time.monotonic()
-            if exit_deadline is None and _exited(proc.pid):
-                # The wrapper is gone; anything still holding our pipes is a leftover
-                # ("none" mode) — kill it and collect what is already in the pipes.
+            if drain_until is None and (now >= deadline or _exited(proc.pid)):
+                # Timed out, or the wrapper is gone and anything still holding our pipes
+                # is a leftover ("none" mode): kill the group, then collect what is
+                # already in the pipes.
+                reason = "timeout" if now >= deadline else None
                 _kill_group(proc.pid)
-                exit_deadline = now + _EXIT_GRACE_S
-            limit = exit_deadline if exit_deadline is not None else deadline
-            if now >= limit:
-                return None if exit_deadline is not None else "timeout"
-            for key, _ in sel.select(min(limit - now, 0.05)):
+                drain_until = now + _EXIT_GRACE_S
+            if drain_until is not None and now >= drain_until:
+                break
+            wait = (drain_until or deadline) - now
+            for key, _ in sel.select(max(0.0, min(wait, 0.05))):
                 fd = key.fd
                 if fd == stdin_fd:
                     try:
@@ -583,9 +591,9 @@ def _pump(proc, payload, out, err, status, status_r, deadline, limits) -> str | 
                     sel.unregister(fd)
                     continue
                 streams[fd].feed(data)
-            if out.total + err.total > hard_cap:
+            if reason is None and out.total + err.total > hard_cap:
                 return "output"
-        return None
+        return reason
     finally:
         sel.close()
 
