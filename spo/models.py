@@ -102,7 +102,7 @@ def resolve_model_path(name_or_path: str) -> Path:
 
 
 def load_policy(
-    model: str, *, dtype: str = "bfloat16"
+    model: str, *, dtype: str = "bfloat16", attn_implementation: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local directory or the embedded default.
 
@@ -110,6 +110,13 @@ def load_policy(
     matmuls are several times faster than fp32; the optimizer keeps fp32 master copies).
     The model is returned in eval mode (the trainer switches to train mode around its
     updates) and the tokenizer always has a pad token (falls back to eos).
+
+    Attention defaults to "eager" without CUDA: PyTorch's CPU SDPA kernel is slow for
+    these short sequences (its backward took 17% of a SmolLM2 forward+backward; eager is
+    ~15% faster end to end), and eager's numerics are the ones the rollout engine's
+    decoder mirrors, so behaviour and training log-probs agree to ~1e-5 instead of the
+    ~0.04 nats of bf16 noise between two different attention kernels. With CUDA the
+    default stays "sdpa" (eager materialises L x L scores).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,7 +129,11 @@ def load_policy(
     path = resolve_model_path(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        if attn_implementation is None:
+            attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
+        policy = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch_dtype, attn_implementation=attn_implementation
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise ModelError(f"cannot load a causal LM from {str(path)!r}: {first}") from None

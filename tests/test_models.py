@@ -13,6 +13,8 @@ from spo.models import ModelError, encode_prompts, load_policy
 def test_load_policy_tiny(tiny_model_dir):
     model, tokenizer = load_policy(str(tiny_model_dir))
     assert not model.training
+    # CPU default: eager attention (faster here, and the engine mirrors its numerics)
+    assert model.config._attn_implementation == ("sdpa" if torch.cuda.is_available() else "eager")
     assert next(model.parameters()).dtype == torch.bfloat16
     assert tokenizer.pad_token_id is not None
     model32, _ = load_policy(str(tiny_model_dir), dtype="float32")

@@ -77,8 +77,10 @@ def test_behaviour_logp_matches_training_logp(policy, prompts, temperature):
     beh_BT = behaviour_BT(out, train_BT)
     mask = batch.completion_mask_BT > 0
     gap = (beh_BT - train_BT)[mask].abs()
-    # bf16 decode (cached, left-padded) vs one right-padded pass: observed max ~1e-3
-    assert gap.max() < 2e-2 and gap.mean() < 2e-3, (gap.max(), gap.mean())
+    # The decoder mirrors eager attention's bf16 roundings (load_policy's CPU default):
+    # observed max ~1e-6 here, ~2e-5 on SmolLM2-135M. Through a different attention kernel
+    # (SDPA) the gap would be bf16 noise: ~1e-3 here, mean 0.04 / max 0.3 on SmolLM2.
+    assert gap.max() < 1e-4, (gap.max(), gap.mean())
     # and the temperature is the engine's one, not another
     assert (beh_BT - other_BT)[mask].abs().mean() > 10 * gap.mean()
 

@@ -1,0 +1,341 @@
+"""Rollout and log-prob speed on the embedded SmolLM2-135M in bf16 (issue 6, deliverable 3).
+
+In one run, interleaved so that other load on the machine hits both sides alike:
+
+1. generation, 64 arithmetic prompts x 64 new tokens, temperature 1.0, top-p 1 (top-k off):
+   (a) plain Hugging Face `model.generate`, (b) `spo.rollout.hf.HFEngine`; each in two
+   modes: `eos` (rows stop at eos, as in training; tokens = tokens actually returned) and
+   `fixed` (every row decodes all 64 tokens, the per-token speed that the roofline
+   compares against). Reported: tokens/s and the engine / HF ratio.
+2. `completion_logp` forward + backward over the 64 sampled sequences (micro-batches of
+   16, as the trainer does) against the naive path (full-vocab logits -> log_softmax ->
+   gather), tokens/s and peak resident memory of each.
+3. the machine's bf16 matmul FLOP/s (best of a 2048^3 matmul), and generation / training
+   speed as a fraction of the compute bound: 2 * params FLOPs per generated token,
+   6 * params per trained token.
+
+Run from the repository root (takes a few minutes on 2 cores):
+
+    .venv/bin/python bench/generate_speed.py              # writes bench/results/generate_speed.json
+    .venv/bin/python bench/generate_speed.py --repeats 1 --out /tmp/quick.json
+"""
+
+from __future__ import annotations
+
+import os
+
+# Sleep instead of spinning at OpenMP barriers. Must be set before torch loads libgomp.
+# With 2 threads on 2 cores that other processes share, spinning threads steal the core
+# their partner needs: measured 86 tok/s (spin) vs 373 tok/s (passive) for the engine
+# under load ~6. Override with OMP_WAIT_POLICY=ACTIVE to compare.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from spo.logprobs import completion_logp
+from spo.models import DEFAULT_MODEL, encode_prompts, load_policy
+from spo.rollout.batch import pack
+from spo.rollout.hf import HFEngine
+
+
+def arithmetic_prompts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    digits = [1, 2, 3]
+    out = []
+    for _ in range(n):
+        a = rng.randint(1, 10 ** rng.choice(digits) - 1)
+        b = rng.randint(1, 10 ** rng.choice(digits) - 1)
+        out.append(f"What is {a} + {b}? Reply with only the number.")
+    return out
+
+
+def peak_rss_reset() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM, so each measurement gets its own peak.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load_avg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def matmul_flops(dtype: torch.dtype, m: int, k: int, n: int, reps: int = 10) -> float:
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * m * k * n / best
+
+
+def hf_generate(model, tokenizer, prompt_ids, *, max_new_tokens, fixed, seed):
+    pad = tokenizer.pad_token_id
+    P = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompt_ids])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompt_ids])
+    torch.manual_seed(seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens if fixed else 0,
+            pad_token_id=pad,
+        )
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    completions = out[:, P:].tolist()
+    eos = tokenizer.eos_token_id
+    tokens = sum((c.index(eos) + 1) if eos in c else len(c) for c in completions)
+    return seconds, cpu, tokens
+
+
+def engine_generate(engine, prompt_ids, *, fixed, seed):
+    saved = engine.eos_ids
+    if fixed:
+        engine.eos_ids = []  # benchmark only: decode every row to max_new_tokens
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = engine.generate(prompt_ids, seed=seed)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        engine.eos_ids = saved
+    return seconds, cpu, sum(len(c) for c in out.completion_ids), out
+
+
+def record(runs: dict, key: str, seconds: float, cpu: float, tokens: int) -> None:
+    runs.setdefault(key, []).append(
+        {
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "tokens": tokens,
+            "tok_s": tokens / seconds,
+            "load": load_avg(),
+        }
+    )
+    print(
+        f"  {key:13s} {tokens / seconds:8.1f} tok/s  {tokens / cpu:8.1f} tok/cpu-s "
+        f"({tokens} tokens, {seconds:.1f} s, load {load_avg()})",
+        flush=True,
+    )
+
+
+def naive_logp(model, batch):
+    """Full-vocab logits for every position, log_softmax, gather (what we avoid)."""
+    logits = model(
+        input_ids=batch.input_ids_BL, attention_mask=batch.attention_mask_BL
+    ).logits.float()
+    logp_BLV = logits.log_softmax(-1)
+    T = batch.completion_mask_BT.shape[1]
+    pos_BT = (batch.completion_start_B[:, None] - 1 + torch.arange(T)).clamp(
+        max=logits.shape[1] - 1
+    )
+    lp = logp_BLV.gather(1, pos_BT[..., None].expand(-1, -1, logp_BLV.shape[-1]))
+    lp = lp.gather(2, batch.completion_ids_BT[..., None]).squeeze(-1)
+    return lp * batch.completion_mask_BT
+
+
+def train_pass(model, batch, fn, micro: int) -> float:
+    n_tok = float(batch.completion_mask_BT.sum())
+    t0 = time.perf_counter()
+    for lo in range(0, len(batch), micro):
+        sub = batch.select(torch.arange(lo, min(lo + micro, len(batch))))
+        logp = fn(model, sub)
+        (-(logp * sub.completion_mask_BT).sum() / n_tok).backward()
+    seconds = time.perf_counter() - t0
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--micro-batch", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-hf", action="store_true", help="engine only (quick iterations)")
+    ap.add_argument("--out", default="bench/results/generate_speed.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_start = load_avg()
+
+    model, tokenizer = load_policy(args.model, dtype="bfloat16")
+    n_params = sum(p.numel() for p in model.parameters())
+    prompt_ids = encode_prompts(tokenizer, arithmetic_prompts(args.prompts, args.seed))
+
+    peak = max(matmul_flops(torch.bfloat16, 2048, 2048, 2048) for _ in range(3))
+    decode_shape = matmul_flops(torch.bfloat16, args.prompts, 576, 1536, reps=50)
+    fp32_peak = matmul_flops(torch.float32, 2048, 2048, 2048)
+    bound_gen = peak / (2 * n_params)
+    print(
+        f"bf16 matmul {peak / 1e9:.0f} GFLOP/s (fp32 {fp32_peak / 1e9:.0f}); "
+        f"generation bound {bound_gen:.0f} tok/s",
+        flush=True,
+    )
+
+    engine = HFEngine(
+        model, tokenizer, max_new_tokens=args.new_tokens, temperature=1.0, batch_size=args.prompts
+    )
+    t0 = time.perf_counter()
+    engine_generate(engine, prompt_ids[:2], fixed=False, seed=0)  # warm-up (+ compile)
+    warmup_s = time.perf_counter() - t0
+
+    runs: dict[str, list[dict]] = {}
+    sample = None
+    for rep in range(args.repeats):
+        for fixed in (False, True):
+            mode = "fixed" if fixed else "eos"
+            seed = args.seed + rep
+            if not args.skip_hf:
+                s, c, n = hf_generate(
+                    model,
+                    tokenizer,
+                    prompt_ids,
+                    fixed=fixed,
+                    seed=seed,
+                    max_new_tokens=args.new_tokens,
+                )
+                record(runs, f"hf_{mode}", s, c, n)
+            s, c, n, out = engine_generate(engine, prompt_ids, fixed=fixed, seed=seed)
+            record(runs, f"engine_{mode}", s, c, n)
+            if fixed and sample is None:
+                sample = out
+
+    def summary(key):
+        tok_s = [r["tok_s"] for r in runs[key]]
+        per_cpu = [r["tokens"] / r["cpu_seconds"] for r in runs[key]]
+        return {
+            "median_tok_s": round(statistics.median(tok_s), 1),
+            "all_tok_s": [round(x, 1) for x in tok_s],
+            "median_tok_per_cpu_s": round(statistics.median(per_cpu), 1),
+            "median_seconds": round(statistics.median(r["seconds"] for r in runs[key]), 2),
+            "tokens": [r["tokens"] for r in runs[key]],
+        }
+
+    generation = {k: summary(k) for k in runs}
+    for mode in ("eos", "fixed"):
+        if f"hf_{mode}" in runs:
+            ratios = [
+                e["tok_s"] / h["tok_s"]
+                for e, h in zip(runs[f"engine_{mode}"], runs[f"hf_{mode}"], strict=True)
+            ]
+            generation[f"ratio_{mode}"] = {
+                "median": round(statistics.median(ratios), 2),
+                "all": [round(r, 2) for r in ratios],
+            }
+    generation["engine_fixed"]["fraction_of_bound"] = round(
+        generation["engine_fixed"]["median_tok_s"] / bound_gen, 4
+    )
+    if "hf_fixed" in generation:
+        generation["hf_fixed"]["fraction_of_bound"] = round(
+            generation["hf_fixed"]["median_tok_s"] / bound_gen, 4
+        )
+
+    # Training-side log-probs on the sampled fixed-length sequences.
+    batch = pack(sample.prompt_ids, sample.completion_ids, pad_id=tokenizer.pad_token_id)
+    seq_tokens = int(batch.seq_len_B.sum())
+    comp_tokens = int(batch.completion_mask_BT.sum())
+    model.train()
+    logprob: dict[str, dict] = {}
+    for name, fn in (("completion_logp", completion_logp), ("naive_full_logits", naive_logp)):
+        secs = []
+        peak_rss = 0.0
+        for _ in range(max(1, args.repeats - 1)):
+            peak_rss_reset()
+            secs.append(train_pass(model, batch, fn, args.micro_batch))
+            peak_rss = max(peak_rss, peak_rss_mb())
+        s = statistics.median(secs)
+        logprob[name] = {
+            "median_seconds": round(s, 2),
+            "all_seconds": [round(x, 2) for x in secs],
+            "sequence_tok_s": round(seq_tokens / s, 1),
+            "completion_tok_s": round(comp_tokens / s, 1),
+            "fraction_of_bound": round(seq_tokens / s / (peak / (6 * n_params)), 4),
+            "peak_rss_mb": round(peak_rss, 0),
+        }
+        print(
+            f"  {name:18s} fwd+bwd {s:.1f} s, {seq_tokens / s:.0f} seq tok/s, "
+            f"peak RSS {peak_rss:.0f} MB",
+            flush=True,
+        )
+    model.eval()
+    logprob["speedup"] = round(
+        logprob["naive_full_logits"]["median_seconds"]
+        / logprob["completion_logp"]["median_seconds"],
+        2,
+    )
+
+    result = {
+        "command": "python "
+        + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "load_avg_1m_at_start": load_start,
+            "load_avg_1m_at_end": load_avg(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "settings": {
+            "model": args.model,
+            "params": n_params,
+            "prompts": args.prompts,
+            "new_tokens": args.new_tokens,
+            "temperature": 1.0,
+            "repeats": args.repeats,
+            "micro_batch": args.micro_batch,
+            "engine_warmup_s": round(warmup_s, 2),
+        },
+        "roofline": {
+            "bf16_matmul_gflops_2048": round(peak / 1e9, 1),
+            "bf16_matmul_gflops_decode_shape": round(decode_shape / 1e9, 1),
+            "fp32_matmul_gflops_2048": round(fp32_peak / 1e9, 1),
+            "generation_bound_tok_s": round(bound_gen, 1),
+            "training_bound_tok_s": round(peak / (6 * n_params), 1),
+        },
+        "generation": generation,
+        "logprob_fwd_bwd": {
+            "sequences": len(batch),
+            "sequence_tokens": seq_tokens,
+            "completion_tokens": comp_tokens,
+            **logprob,
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"generation": generation, "logprob": logprob}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
