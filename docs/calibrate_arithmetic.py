@@ -137,6 +137,10 @@ def main() -> None:
             "greedy": round(float(greedy_E[idx].mean()), 3),
             "never": int((rate_E == 0).sum()),
             "always": int((rate_E >= 7 / 8).sum()),
+            # prompts by number of sampled successes: hist[j] = prompts solved j times of K
+            "hist": np.bincount(
+                sampled_EK[idx].sum(1).astype(int), minlength=args.samples + 1
+            ).tolist(),
         }
 
     for name in dict.fromkeys(levels):
