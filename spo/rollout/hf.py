@@ -55,7 +55,9 @@ class HFEngine:
         self.top_p = top_p
         self.batch_size = batch_size
         self.fast = fast  # False: decode through the model's own forward (reference path)
-        self.compact_at = compact_at  # drop finished rows once they are this share of a batch
+        # Drop finished rows from the decode batch once they are this share of it (0: at
+        # every finish; > 1: never). The cache copy costs about one decode step.
+        self.compact_at = compact_at
         self.pad_id = tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = tokenizer.eos_token_id
@@ -120,7 +122,8 @@ class HFEngine:
             live = [i for i, r in enumerate(row_b) if not finished[r]]
             if not live:
                 break
-            if len(live) <= (1 - self.compact_at) * len(row_b):
+            n_done = len(row_b) - len(live)
+            if n_done and n_done >= self.compact_at * len(row_b):
                 # drop finished rows: the cache copy is cheaper than decoding them on
                 live_b = torch.tensor(live, device=device)
                 decoder.keep(live_b)

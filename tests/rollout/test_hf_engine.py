@@ -47,10 +47,13 @@ def test_deterministic_per_seed_without_global_rng(policy, prompts):
     assert a.prompt_ids == prompts and len(a) == len(prompts)
 
 
-def test_eos_stops_a_row_and_nothing_follows(policy, prompts):
+@pytest.mark.parametrize("compact_at", [0.0, 2.0])  # drop finished rows at once / never
+def test_eos_stops_a_row_and_nothing_follows(policy, prompts, compact_at):
     model, tokenizer = policy
     eos = tokenizer.eos_token_id
-    engine = HFEngine(model, tokenizer, max_new_tokens=48, temperature=1.5, batch_size=16)
+    engine = HFEngine(
+        model, tokenizer, max_new_tokens=48, temperature=1.5, batch_size=16, compact_at=compact_at
+    )
     out = engine.generate(prompts * 2, seed=0)
     assert any(out.finished) and not all(out.finished)  # both kinds present for this seed
     for ids, lp, done, text in zip(
@@ -63,6 +66,12 @@ def test_eos_stops_a_row_and_nothing_follows(policy, prompts):
         else:
             assert len(ids) == 48
         assert text == tokenizer.decode(ids, skip_special_tokens=True)
+    # rows stay matched to their own tokens and log-probs when finished rows are dropped
+    batch = pack(out.prompt_ids, out.completion_ids, pad_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        train_BT = completion_logp(model, batch, temperature=1.5)
+    gap = (behaviour_BT(out, train_BT) - train_BT).abs().max()
+    assert gap < 1e-4
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
