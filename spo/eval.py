@@ -432,7 +432,16 @@ def _pct(x) -> str:
     return "    -" if x is None else f"{100 * x:5.1f}"
 
 
-def print_table(results: list[dict], k: int) -> None:
+def level_names(examples) -> dict[str, str]:
+    """Difficulty label -> the task's name for that level (meta["level"]), where it has one."""
+    return {
+        str(ex.meta["difficulty"]): str(ex.meta["level"])
+        for ex in examples
+        if ex.meta.get("difficulty") is not None and ex.meta.get("level") is not None
+    }
+
+
+def print_table(results: list[dict], k: int, names: dict[str, str] | None = None) -> None:
     """One row per evaluated model: accuracies in percent; per difficulty for the last."""
     keys = ["greedy"]
     if k > 0:
@@ -463,7 +472,8 @@ def print_table(results: list[dict], k: int) -> None:
     for lv in levels:
         n = int(m.get(f"n_prompts/difficulty={lv}", 0))
         print(
-            f"{lv:<12}{n:>8}" + "".join(f"{_pct(m.get(f'{c}/difficulty={lv}')):>10}" for c in cols)
+            f"{(lv + ' ' + (names or {}).get(lv, '')).strip():<12}{n:>8}"
+            + "".join(f"{_pct(m.get(f'{c}/difficulty={lv}')):>10}" for c in cols)
         )
 
 
@@ -554,7 +564,8 @@ def run(args: argparse.Namespace) -> int:
                 write_json(Path(item["path"]) / "calibration.json", calib)
             del model, tokenizer
     print()
-    print_table(results, args.k)
+    names = level_names(examples)
+    print_table(results, args.k, names)
     if calib is not None:
         print(
             f"\ncalibration at step {calib['step']} ({calib['n_prompts']} prompts x "
@@ -568,6 +579,7 @@ def run(args: argparse.Namespace) -> int:
         "task": cfg.task.name,
         "k": args.k,
         "n_prompts": len(examples),
+        "difficulty_levels": names,
         **{k: v for k, v in settings.items() if k != "seed"},
         "seed": cfg.seed,
         "results": results,

@@ -350,8 +350,8 @@ def fig_tracker_history(runs) -> bytes:
     titles = (
         "mean v̂ of each step's prompts",
         "mean N of each step's prompts",
-        "learnability frontier: v̂ in [0.1, 0.9] (% of seen)",
-        "sampler effective sample size (% of prompts)",
+        "frontier: % of seen prompts with 0.1 ≤ v̂ ≤ 0.9",
+        "sampler ESS (% of prompts)",
     )
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=9)
