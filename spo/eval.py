@@ -500,6 +500,10 @@ def run(args: argparse.Namespace) -> int:
             "tracker's v̂ with fresh samples); a bare model has no tracker"
         )
     cfg = _config(kind, path, args.overrides)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     task = load_task(**_task_kwargs(cfg))
     examples = task.test[: cfg.eval_size]
     if not examples:
