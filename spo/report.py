@@ -139,7 +139,11 @@ def _sampled(m: dict) -> float | None:
 
 
 def _heldout_points(path: Path, metrics: list[dict]) -> list[dict]:
-    """Held-out accuracy points from eval.json, in-training eval and demo_result.json."""
+    """Held-out accuracy points from eval.json, demo_result.json and in-training eval.
+
+    At equal samples the first source wins: they are in order of samples per prompt
+    (`spo eval` and the demo default to k = 4, in-training eval uses k = 1).
+    """
     points: dict[int, dict] = {}
 
     def add(samples, wall, m: dict, source: str) -> None:
@@ -159,10 +163,6 @@ def _heldout_points(path: Path, metrics: list[dict]) -> list[dict]:
     ev = _read_json(path / "eval.json") or {}
     for r in ev.get("results", []):
         add(r.get("samples"), r.get("wall_seconds"), r.get("metrics", {}), "spo eval")
-    for r in metrics:
-        m = {k[5:]: v for k, v in r.items() if k.startswith("eval/")}
-        if m:
-            add(r.get("samples"), r.get("wall_seconds"), m, "in-training eval")
     demo = _read_json(path / "demo_result.json") or {}
     if demo.get("before"):
         add(0, 0.0, demo["before"], "demo")
@@ -173,6 +173,10 @@ def _heldout_points(path: Path, metrics: list[dict]) -> list[dict]:
             demo["after"],
             "demo",
         )
+    for r in metrics:
+        m = {k[5:]: v for k, v in r.items() if k.startswith("eval/")}
+        if m:
+            add(r.get("samples"), r.get("wall_seconds"), m, "in-training eval")
     return [points[s] for s in sorted(points)]
 
 
@@ -439,7 +443,7 @@ def fig_time(runs) -> bytes:
     ax.invert_yaxis()
     ax.set_xlabel("mean seconds per step")
     ax.set_title("step-time breakdown", fontsize=10)
-    ax.legend(fontsize=8, frameon=False, ncols=4, loc="lower right")
+    ax.legend(fontsize=8, frameon=False, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     for run in runs:
         _curve(axes[1], run, "throughput/samples_per_s")
     axes[1].set_title("throughput", fontsize=10)

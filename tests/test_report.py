@@ -155,13 +155,14 @@ def test_report_two_runs_overlaid(tmp_path):
 def test_heldout_points_merge_every_source(tmp_path):
     run = load_run(make_run(tmp_path, "r"))
     got = [(p["samples"], p["source"]) for p in run.heldout]
-    # demo before (0), in-training eval (80, 160), spo eval (120), demo after (240)
+    # demo before (0), in-training eval (80, 160), spo eval (120); at 240 the demo's
+    # k=4 after-eval wins over the in-training k=1 eval of the same step
     assert got == [
         (0, "demo"),
         (80, "in-training eval"),
         (120, "spo eval"),
         (160, "in-training eval"),
-        (240, "in-training eval"),
+        (240, "demo"),
     ]
     assert run.heldout[2]["sampled"] == 0.35  # avg@8 from eval.json
     assert run.calibration["brier"] == 0.2
