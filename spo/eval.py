@@ -441,15 +441,15 @@ def level_names(examples) -> dict[str, str]:
     }
 
 
-def print_table(results: list[dict], k: int, names: dict[str, str] | None = None) -> None:
+def print_table(results: list[dict], k: int, levels_named: dict[str, str] | None = None) -> None:
     """One row per evaluated model: accuracies in percent; per difficulty for the last."""
     keys = ["greedy"]
     if k > 0:
         keys += [f"avg@{k}", *(f"pass@{j}" for j in budgets(k)), f"maj@{k}", "extract_fail"]
-    names = {"extract_fail": "no-answer"}
+    headers = {"extract_fail": "no-answer"}
     with_diag = any(r.get("diagnostics") for r in results)
     head = f"{'model':<14}{'step':>6}{'samples':>9}" + "".join(
-        f"{names.get(key, key):>10}" for key in keys
+        f"{headers.get(key, key):>10}" for key in keys
     )
     print(head + (f"{'frontier':>10}{'ESS%':>8}" if with_diag else ""))
     for r in results:
@@ -472,7 +472,7 @@ def print_table(results: list[dict], k: int, names: dict[str, str] | None = None
     for lv in levels:
         n = int(m.get(f"n_prompts/difficulty={lv}", 0))
         print(
-            f"{(lv + ' ' + (names or {}).get(lv, '')).strip():<12}{n:>8}"
+            f"{(lv + ' ' + (levels_named or {}).get(lv, '')).strip():<12}{n:>8}"
             + "".join(f"{_pct(m.get(f'{c}/difficulty={lv}')):>10}" for c in cols)
         )
 

@@ -314,3 +314,13 @@ def test_in_training_eval_is_logged(tiny_model_dir, task_files, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "eval/greedy" not in records[0]
     assert {"eval/greedy", "eval/avg@1", "eval/pass@1", "eval/maj@1"} <= set(records[1])
+
+
+def test_print_table_names_levels(capsys):
+    from spo.eval import print_table
+
+    metrics = summarize([[1.0, 0.0], [0.0, 0.0]], [["3", "4"], [None, "5"]], [1.0, 0.0], [1, 2])
+    print_table([{"label": "model", "metrics": metrics}], 2, {"1": "add0", "2": "mul1"})
+    out = capsys.readouterr().out
+    assert "1 add0" in out and "2 mul1" in out and "no-answer" in out
+    assert "frontier" not in out  # no checkpoint diagnostics for a bare model
