@@ -400,7 +400,7 @@ def fig_tracker_state(runs) -> bytes:
     axes[3].set_ylim(0, 1)
     meta = (
         ("histogram of v̂ (seen prompts)", "v̂", "% of prompts"),
-        ("histogram of N = α+β", "N", "% of prompts"),
+        ("histogram of N = α+β (all prompts; prior N = 1)", "N", "% of prompts"),
         ("ρ each seen prompt would get now (drift)", "ρ", "% of prompts"),
         ("calibration: v̂ vs fresh pass rate", "v̂ (bin mean)", "fresh pass rate"),
     )
