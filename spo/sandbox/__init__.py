@@ -337,14 +337,17 @@ def _layout(python: str, disk_bytes: int) -> list[dict]:
         elif os.path.isdir(d):
             ops.append({"op": "ro-bind", "src": d, "dest": d})
         made.add(d)
-    for root in _interpreter_roots(python):
-        parents(root)
-        ops.append({"op": "ro-bind", "src": root, "dest": root})
-        made.add(root)
     ops.append({"op": "proc", "dest": "/proc"})
     ops.append({"op": "dev", "dest": "/dev"})
     ops.append({"op": "tmpfs", "dest": "/dev/shm", "mode": 0o1777, "size": disk_bytes})
     ops.append({"op": "tmpfs", "dest": "/tmp", "mode": 0o1777, "size": disk_bytes})
+    made.update({"/proc", "/dev", "/dev/shm", "/tmp"})
+    # Interpreter roots go last: a venv under /tmp (a CI checkout, say) is bound on top of
+    # the private /tmp instead of being hidden by it.
+    for root in _interpreter_roots(python):
+        parents(root)
+        ops.append({"op": "ro-bind", "src": root, "dest": root})
+        made.add(root)
     return ops
 
 
