@@ -28,8 +28,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check spo tests bench
 	$(VENV)/bin/ruff format --check spo tests bench
 
+# Benchmarks write bench/results/*.json; trl_compare needs `pip install trl` (bench/README.md).
 bench: $(STAMP)
 	$(PY) bench/tracker_scale.py
+	$(PY) bench/generate_speed.py
+	$(PY) bench/trl_compare.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

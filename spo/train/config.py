@@ -127,7 +127,7 @@ class TrainConfig:
     algo: str = _f("spo", "algorithm", ("spo", "grpo", "rloo", "dr_grpo"))
     baseline: str = _f("tracker", "SPO baseline: tracker, or none (ablation: A = r, still "
                        "batch-normalised)", ("tracker", "none"))
-    steps: int = _f(40, "training steps (rollout batch + updates)")
+    steps: int = _f(20, "training steps (rollout batch + updates)")
     samples_per_step: int = _f(64, "responses per step; group algorithms use "
                                "samples_per_step/group_size prompts x group_size")
     group_size: int = _f(8, "responses per prompt for grpo/rloo/dr_grpo")
