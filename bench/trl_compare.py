@@ -47,6 +47,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -235,7 +236,7 @@ def _torch_profiled_step(trainer):
     PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     (PROFILE_DIR / "spo_step_torch_ops.txt").write_text(
         f"# torch.profiler, one spo-rl SPO step (64 samples, 64 new tokens), wall {wall:.1f}s "
-        f"under the profiler; sorted by self CPU time\n{table}\n"
+        f"under the profiler, load average {_load()}; sorted by self CPU time\n{table}\n"
     )
     return metrics, wall
 
@@ -484,11 +485,19 @@ PHASES = (
     ("generate", "generate (hf.py)"),
     ("_update", "update: forward+backward+optimizer"),
     ("_forgetting", "drift / forgetting estimator"),
-    ("__call__ (spo/rewards.py", "score (reward pool)"),
+    ("rewards.py", "score (reward pool)"),
 )
 
 
-def _summarise_pyspy(raw: Path) -> str:
+_WRAPPER_FRAMES = ("_call_impl", "wrapper", "wrapped", "trl_compare.py", "decorate_context")
+
+
+def _function(frame: str) -> str:
+    """'name (path/file.py:123)' -> 'name (path/file.py)' so lines of one function add up."""
+    return re.sub(r":\d+\)$", ")", frame.strip())
+
+
+def _summarise_pyspy(raw: Path, header: str) -> str:
     """Collapsed stacks -> share of one step's samples per phase and hottest functions."""
     total = 0
     phases: dict[str, int] = defaultdict(int)
@@ -502,26 +511,28 @@ def _summarise_pyspy(raw: Path) -> str:
         total += n
         frames = stack.split(";")
         step_at = next(i for i, f in enumerate(frames) if "train_step" in f)
-        inner = frames[step_at + 1 :]
+        inner = [_function(f) for f in frames[step_at + 1 :]]
         phase = "other (in train_step)"
         for key, label in PHASES:
             if inner and key in inner[0]:
                 phase = label
                 break
         phases[phase] += n
-        leaves[frames[-1].strip()] += n
+        if inner:
+            leaves[inner[-1]] += n
         for f in set(inner):
-            inclusive[f.strip()] += n
+            if not any(w in f for w in _WRAPPER_FRAMES):
+                inclusive[f] += n
     if not total:
         return "py-spy: no samples inside train_step\n"
-    lines = [f"py-spy (Python stacks, 50 Hz), one spo-rl SPO step: {total} samples", ""]
+    lines = [header, f"py-spy (Python stacks, 50 Hz) of one spo-rl SPO step: {total} samples", ""]
     lines.append("phase (first frame below Trainer.train_step)      share")
     for label, n in sorted(phases.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {label:<46} {100 * n / total:5.1f}%")
-    lines += ["", "hottest leaf frames (self time)"]
+    lines += ["", "hottest functions by self time (native code is charged to its Python caller)"]
     for name, n in sorted(leaves.items(), key=lambda kv: -kv[1])[:15]:
         lines.append(f"  {100 * n / total:5.1f}%  {name}")
-    lines += ["", "inclusive time of frames (top 25)"]
+    lines += ["", "inclusive time of functions (top 25, call wrappers left out)"]
     for name, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:25]:
         lines.append(f"  {100 * n / total:5.1f}%  {name}")
     return "\n".join(lines) + "\n"
@@ -796,7 +807,9 @@ def main(argv: list[str] | None = None) -> int:
             prof_args = argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 1})
             _run_child("spo", prof_args, ["--child-profile", "pyspy"], pyspy=raw)
             if raw.exists():
-                (PROFILE_DIR / "spo_step_pyspy.txt").write_text(_summarise_pyspy(raw))
+                commit = result["machine"]["git_commit"]
+                header = f"# {result['date']}, load average {_load()}, commit {commit}"
+                (PROFILE_DIR / "spo_step_pyspy.txt").write_text(_summarise_pyspy(raw, header))
                 raw.unlink()
             _run_child("spo", prof_args, ["--child-profile", "torch"])
         except (subprocess.CalledProcessError, OSError) as e:
