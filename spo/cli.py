@@ -23,8 +23,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from spo.train.trainer import TrainError
     from spo.train.values import ValuesFileError
 
-    return (ConfigError, TrainError, TaskError, ModelError, RewardError, CheckpointError,
-            ValuesFileError)
+    return (
+        ConfigError,
+        TrainError,
+        TaskError,
+        ModelError,
+        RewardError,
+        CheckpointError,
+        ValuesFileError,
+    )
 
 
 def _config(args: argparse.Namespace, extra: list[str] | None = None):
@@ -55,13 +62,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     trainer = Trainer(cfg)
     try:
-        print(f"run dir: {trainer.run_dir}  (algo={cfg.algo}, {cfg.steps} steps x "
-              f"{cfg.samples_per_step} samples)")
+        print(
+            f"run dir: {trainer.run_dir}  (algo={cfg.algo}, {cfg.steps} steps x "
+            f"{cfg.samples_per_step} samples)"
+        )
         last = trainer.run()
     finally:
         trainer.close()
-    print(f"done: step {trainer.step}, reward {last.get('reward/mean', float('nan')):.3f}; "
-          f"metrics in {trainer.run_dir / 'metrics.jsonl'}")
+    print(
+        f"done: step {trainer.step}, reward {last.get('reward/mean', float('nan')):.3f}; "
+        f"metrics in {trainer.run_dir / 'metrics.jsonl'}"
+    )
     return 0
 
 
@@ -75,8 +86,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from spo.train.trainer import Trainer
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    cfg = _config(args, extra=[] if any(o.startswith("run_dir=") for o in args.overrides)
-                  else [f"run_dir=runs/demo-{stamp}"])
+    cfg = _config(
+        args,
+        extra=[]
+        if any(o.startswith("run_dir=") for o in args.overrides)
+        else [f"run_dir=runs/demo-{stamp}"],
+    )
     if cfg.model.path == DEFAULT_MODEL:
         print("preparing the embedded SmolLM2-135M-Instruct (converted once, then cached) ...")
         convert_embedded()
@@ -85,10 +100,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         n = len(trainer.eval_examples)
         print(f"held-out accuracy before training ({n} prompts, greedy + {args.k} samples) ...")
         before = trainer.evaluate(k=args.k)
-        print(f"  greedy {_fmt(before['greedy'])}   sampled avg@{args.k} "
-              f"{_fmt(before[f'avg@{args.k}'])}")
-        print(f"training: algo={cfg.algo}, {cfg.steps} steps x {cfg.samples_per_step} samples "
-              f"-> {trainer.run_dir}")
+        print(
+            f"  greedy {_fmt(before['greedy'])}   sampled avg@{args.k} "
+            f"{_fmt(before[f'avg@{args.k}'])}"
+        )
+        print(
+            f"training: algo={cfg.algo}, {cfg.steps} steps x {cfg.samples_per_step} samples "
+            f"-> {trainer.run_dir}"
+        )
         t0 = time.perf_counter()
         trainer.run()
         minutes = (time.perf_counter() - t0) / 60
@@ -100,13 +119,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{'metric':<10}{'before':>9}{'after':>9}")
     for key in keys:
         print(f"{key:<10}{_fmt(before[key]):>9}{_fmt(after[key]):>9}")
-    result = {"before": before, "after": after, "train_minutes": minutes,
-              "steps": trainer.step, "samples": trainer.samples_seen}
+    result = {
+        "before": before,
+        "after": after,
+        "train_minutes": minutes,
+        "steps": trainer.step,
+        "samples": trainer.samples_seen,
+    }
     (trainer.run_dir / "demo_result.json").write_text(json.dumps(result, indent=1))
     print(f"\ntrained {trainer.step} steps ({trainer.samples_seen} samples) in {minutes:.1f} min")
     print(f"run dir:   {trainer.run_dir}  (metrics.jsonl, checkpoints/, tb/)")
     print(f"continue:  spo train --resume {trainer.run_dir} steps={2 * cfg.steps}")
-    print(f"compare:   spo demo algo=grpo   (same harness, same samples per step)")
+    print(f"evaluate:  spo eval {trainer.run_dir}")
+    print(f"report:    spo report {trainer.run_dir}")
+    print("compare:   spo demo algo=grpo   (same harness, same samples per step)")
     return 0
 
 
@@ -127,11 +153,18 @@ def cmd_init_values(args: argparse.Namespace) -> int:
     task = load_task(**_task_kwargs(cfg))
     model, tokenizer = load_policy(cfg.model.path, dtype=cfg.model.dtype)
     examples = task.train
-    prompts = encode_prompts(tokenizer, [ex.prompt for ex in examples],
-                             system_prompt=cfg.task.system_prompt)
+    prompts = encode_prompts(
+        tokenizer, [ex.prompt for ex in examples], system_prompt=cfg.task.system_prompt
+    )
     r = cfg.rollout
-    engine = HFEngine(model, tokenizer, max_new_tokens=r.max_new_tokens,
-                      temperature=r.temperature, top_p=r.top_p, batch_size=r.batch_size)
+    engine = HFEngine(
+        model,
+        tokenizer,
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        batch_size=r.batch_size,
+    )
     n0 = args.samples
     successes = np.zeros(len(examples))
     chunk = max(1, r.batch_size // n0) * 4
@@ -145,12 +178,19 @@ def cmd_init_values(args: argparse.Namespace) -> int:
             successes[lo:hi] = np.asarray(pool(texts, ex_rep).reward_B).reshape(-1, n0).sum(1)
             print(f"\r  {hi}/{len(examples)} prompts", end="", flush=True)
     print()
-    out = write_values(args.out, [ex.id for ex in examples], successes,
-                       np.full(len(examples), n0), prompts=[ex.prompt for ex in examples])
+    out = write_values(
+        args.out,
+        [ex.id for ex in examples],
+        successes,
+        np.full(len(examples), n0),
+        prompts=[ex.prompt for ex in examples],
+    )
     value = successes / n0
-    print(f"wrote {out}: {len(examples)} prompts x {n0} samples in "
-          f"{time.perf_counter() - t0:.0f}s; mean success {value.mean():.3f}, "
-          f"never solved {np.mean(value == 0):.1%}, always solved {np.mean(value == 1):.1%}")
+    print(
+        f"wrote {out}: {len(examples)} prompts x {n0} samples in "
+        f"{time.perf_counter() - t0:.0f}s; mean success {value.mean():.3f}, "
+        f"never solved {np.mean(value == 0):.1%}, always solved {np.mean(value == 1):.1%}"
+    )
     print(f"use it: spo train tracker.init=offline tracker.offline_path={out}")
     return 0
 
@@ -175,51 +215,76 @@ def build_parser() -> argparse.ArgumentParser:
     from spo import __version__
 
     parser = argparse.ArgumentParser(
-        prog="spo", description="Single-stream Policy Optimization: RL with verifiable "
-        "rewards, with GRPO and friends in the same harness.")
+        prog="spo",
+        description="Single-stream Policy Optimization: RL with verifiable "
+        "rewards, with GRPO and friends in the same harness.",
+    )
     parser.add_argument("--version", action="version", version=f"spo-rl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def config_command(name: str, help: str, epilog: str = "") -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, epilog=epilog,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("overrides", nargs="*", metavar="[CONFIG.yaml] key=value",
-                       help="optional YAML config, then overrides")
+        p = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="[CONFIG.yaml] key=value",
+            help="optional YAML config, then overrides",
+        )
         return p
 
     from spo.train.config import help_text
 
-    p = config_command("train", "train a policy with SPO / GRPO / RLOO / Dr. GRPO",
-                       TRAIN_EPILOG + help_text())
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue RUN_DIR from its newest valid checkpoint with its saved config")
+    p = config_command(
+        "train", "train a policy with SPO / GRPO / RLOO / Dr. GRPO", TRAIN_EPILOG + help_text()
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its newest valid checkpoint with its saved config",
+    )
     p.set_defaults(func=cmd_train)
 
-    p = config_command("demo", "the laptop demo: evaluate, train with SPO, evaluate again",
-                       "Takes the same key=value options as `spo train` (see its --help).")
+    p = config_command(
+        "demo",
+        "the laptop demo: evaluate, train with SPO, evaluate again",
+        "Takes the same key=value options as `spo train` (see its --help).",
+    )
     p.add_argument("--k", type=int, default=4, help="samples per held-out prompt (default 4)")
     p.set_defaults(func=cmd_demo)
 
-    p = config_command("init-values", "offline tracker init: n0 samples per training prompt "
-                       "with the initial policy, saved for reuse (spec §3)",
-                       "Reads the same config as `spo train` (model, task, rollout).")
+    p = config_command(
+        "init-values",
+        "offline tracker init: n0 samples per training prompt "
+        "with the initial policy, saved for reuse (spec §3)",
+        "Reads the same config as `spo train` (model, task, rollout).",
+    )
     p.add_argument("--samples", type=int, default=8, help="n0 samples per prompt (default 8)")
     p.add_argument("--out", default="values.parquet", help="output parquet file")
     p.set_defaults(func=cmd_init_values)
 
     # Commands whose module owns its arguments: add_arguments(parser) + run(args) -> int.
     for name, module, help in [
-        ("eval", "spo.eval", "evaluate a model or every checkpoint of a run: avg@k, pass@k, "
-         "maj@k"),
+        ("eval", "spo.eval", "evaluate a model or every checkpoint of a run: avg@k, pass@k, maj@k"),
         ("report", "spo.report", "HTML report with plots from one or more run directories"),
-        ("simulate", "spo.sim", "agentic throughput simulation: group-based vs group-free "
-         "rollouts (the paper's 4.35x example and beyond)"),
+        (
+            "simulate",
+            "spo.sim",
+            "agentic throughput simulation: group-based vs group-free "
+            "rollouts (the paper's 4.35x example and beyond)",
+        ),
     ]:
         mod = _optional_module(module)
         if mod is None or not hasattr(mod, "add_arguments"):
             continue
-        p = sub.add_parser(name, help=help, description=help,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name, help=help, description=help, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)
     return parser

@@ -7,9 +7,21 @@ template shape but ~100k parameters, so a trainer step takes milliseconds.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see spo/__init__.py
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker():
+    """`pytest -n 2` runs two workers on two cores: one torch thread each, no oversubscription."""
+    import torch
+
+    torch.set_num_threads(1)
+
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

@@ -37,25 +37,39 @@ class ModelConfig:
         "embedded:smollm2-135m-instruct",
         "local Hugging Face model directory, or the embedded default (converted once, cached)",
     )
-    dtype: str = _f("bfloat16", "weight dtype (bf16 is ~6x faster on AMX CPUs; fp32 master "
-                    "weights are kept by the optimizer)", ("bfloat16", "float32"))
+    dtype: str = _f(
+        "bfloat16",
+        "weight dtype (bf16 is ~6x faster on AMX CPUs; fp32 master "
+        "weights are kept by the optimizer)",
+        ("bfloat16", "float32"),
+    )
 
 
 @dataclass
 class TaskConfig:
-    name: str = _f("arithmetic", "arithmetic | reasoning_gym:<dataset> | path to .jsonl/.parquet"
-                   " or a saved HF dataset dir (columns prompt, answer, optional id)")
+    name: str = _f(
+        "arithmetic",
+        "arithmetic | reasoning_gym:<dataset> | path to .jsonl/.parquet"
+        " or a saved HF dataset dir (columns prompt, answer, optional id)",
+    )
     train_size: int | None = _f(256, "number of training prompts (null = all)")
     test_size: int = _f(128, "number of held-out prompts")
     seed: int = _f(0, "seed of the procedural tasks and of the train/test split")
     prompt_column: str = _f("prompt", "dataset column holding the user prompt")
     answer_column: str = _f("answer", "dataset column holding the reference answer")
-    id_column: str = _f("id", "optional dataset column with stable prompt ids (else a content hash)")
+    id_column: str = _f(
+        "id", "optional dataset column with stable prompt ids (else a content hash)"
+    )
     test_path: str | None = _f(None, "optional separate held-out file for user datasets")
-    reward_fn: str | None = _f(None, "verifier: null = task default (math-verify for files), "
-                               "'exact', or 'pkg.module:function' / '/path/file.py:function'")
+    reward_fn: str | None = _f(
+        None,
+        "verifier: null = task default (math-verify for files), "
+        "'exact', or 'pkg.module:function' / '/path/file.py:function'",
+    )
     difficulty: str | None = _f(None, "built-in arithmetic difficulty mix (see docs/tasks.md)")
-    system_prompt: str | None = _f(None, "system prompt for the chat template (null = model default)")
+    system_prompt: str | None = _f(
+        None, "system prompt for the chat template (null = model default)"
+    )
 
 
 @dataclass
@@ -75,12 +89,19 @@ class RewardConfig:
 
 @dataclass
 class TrackerConfig:
-    init: str = _f("online", "tracker initialisation: offline = load `spo init-values` output; "
-                   "online = prior, learned while training; prior = prior_value/prior_count",
-                   ("online", "offline", "prior"))
+    init: str = _f(
+        "online",
+        "tracker initialisation: offline = load `spo init-values` output; "
+        "online = prior, learned while training; prior = prior_value/prior_count",
+        ("online", "offline", "prior"),
+    )
     offline_path: str | None = _f(None, "values file written by `spo init-values` (init=offline)")
-    rho: str = _f("drift", "forgetting-factor estimator: drift (O(1)/prompt), replay (reference "
-                  "code: stored response per prompt), constant", ("drift", "replay", "constant"))
+    rho: str = _f(
+        "drift",
+        "forgetting-factor estimator: drift (O(1)/prompt), replay (reference "
+        "code: stored response per prompt), constant",
+        ("drift", "replay", "constant"),
+    )
     rho_constant: float = _f(0.9, "rho when rho=constant")
     rho_min: float = _f(0.875, "lower clip of rho (also sets N0 = 1/(1-rho_min))")
     rho_max: float = _f(0.96, "upper clip of rho")
@@ -92,8 +113,11 @@ class TrackerConfig:
 
 @dataclass
 class SamplerConfig:
-    mode: str = _f("auto", "prompt sampling: auto = the algorithm's own (SPO priority, groups "
-                   "uniform)", ("auto", "priority", "uniform"))
+    mode: str = _f(
+        "auto",
+        "prompt sampling: auto = the algorithm's own (SPO priority, groups uniform)",
+        ("auto", "priority", "uniform"),
+    )
     eps: float = _f(0.05, "priority floor: w ∝ sqrt(v̂(1-v̂)) + eps")
 
 
@@ -102,8 +126,11 @@ class LossConfig:
     eps_low: float = _f(0.2, "PPO clip below: ratio >= 1 - eps_low")
     eps_high: float = _f(0.28, "PPO clip above (clip-higher): ratio <= 1 + eps_high")
     dual_clip: float = _f(10.0, "dual clip constant c for negative advantages")
-    agg: str = _f("token-mean", "loss aggregation",
-                  ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"))
+    agg: str = _f(
+        "token-mean",
+        "loss aggregation",
+        ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
+    )
 
 
 @dataclass
@@ -125,11 +152,16 @@ class LogConfig:
 @dataclass
 class TrainConfig:
     algo: str = _f("spo", "algorithm", ("spo", "grpo", "rloo", "dr_grpo"))
-    baseline: str = _f("tracker", "SPO baseline: tracker, or none (ablation: A = r, still "
-                       "batch-normalised)", ("tracker", "none"))
+    baseline: str = _f(
+        "tracker",
+        "SPO baseline: tracker, or none (ablation: A = r, still batch-normalised)",
+        ("tracker", "none"),
+    )
     steps: int = _f(20, "training steps (rollout batch + updates)")
-    samples_per_step: int = _f(64, "responses per step; group algorithms use "
-                               "samples_per_step/group_size prompts x group_size")
+    samples_per_step: int = _f(
+        64,
+        "responses per step; group algorithms use samples_per_step/group_size prompts x group_size",
+    )
     group_size: int = _f(8, "responses per prompt for grpo/rloo/dr_grpo")
     seed: int = _f(0, "seed of sampling, generation and initialisation")
     run_dir: str | None = _f(None, "run directory (null = runs/<algo>-<time>)")
@@ -156,8 +188,9 @@ def _one_line(e: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key and key not in msg else msg
 
 
-def load_config(config_path: str | None = None, overrides: list[str] | None = None,
-                base: dict | None = None) -> TrainConfig:
+def load_config(
+    config_path: str | None = None, overrides: list[str] | None = None, base: dict | None = None
+) -> TrainConfig:
     """Defaults < `base` (e.g. a resumed run's saved config) < YAML < `key=value` overrides."""
     try:
         cfg = OmegaConf.structured(TrainConfig)
@@ -194,9 +227,18 @@ def validate(cfg: TrainConfig) -> None:
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
-    positive = ["steps", "samples_per_step", "group_size", "rollout.max_new_tokens",
-                "rollout.batch_size", "optim.updates_per_step", "optim.micro_batch_size",
-                "checkpoint_every", "keep_checkpoints", "task.test_size"]
+    positive = [
+        "steps",
+        "samples_per_step",
+        "group_size",
+        "rollout.max_new_tokens",
+        "rollout.batch_size",
+        "optim.updates_per_step",
+        "optim.micro_batch_size",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "task.test_size",
+    ]
     values = {k: v for k, _, v in _walk(cfg)}
     for key in positive:
         if values[key] <= 0:
@@ -215,15 +257,17 @@ def validate(cfg: TrainConfig) -> None:
         )
     t = cfg.tracker
     if not 0 < t.rho_min <= t.rho_max < 1:
-        raise ConfigError(f"need 0 < tracker.rho_min <= tracker.rho_max < 1, got "
-                          f"{t.rho_min}, {t.rho_max}")
+        raise ConfigError(
+            f"need 0 < tracker.rho_min <= tracker.rho_max < 1, got {t.rho_min}, {t.rho_max}"
+        )
     if not 0 < t.rho_constant <= 1:
         raise ConfigError(f"tracker.rho_constant must be in (0, 1], got {t.rho_constant}")
     if not 0 <= t.prior_value <= 1 or t.prior_count <= 0:
         raise ConfigError("tracker.prior_value must be in [0, 1] and tracker.prior_count > 0")
     if t.init == "offline" and not t.offline_path:
-        raise ConfigError("tracker.init=offline needs tracker.offline_path=<file from "
-                          "`spo init-values`>")
+        raise ConfigError(
+            "tracker.init=offline needs tracker.offline_path=<file from `spo init-values`>"
+        )
     if cfg.rollout.temperature < 0 or not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")
     if cfg.optim.lr <= 0:

@@ -52,8 +52,14 @@ def read_metrics(path: Path) -> list[dict]:
 class RunLogger:
     """Append metrics to RUN_DIR/metrics.jsonl and mirror them to TensorBoard / wandb."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, wandb: bool = False,
-                 config: dict | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        config: dict | None = None,
+    ):
         self.path = run_dir / "metrics.jsonl"
         self._fh = open(self.path, "a")  # noqa: SIM115 - kept open for the run
         self._tb = None

@@ -40,10 +40,18 @@ class ReplayStore:
     def state_dict(self) -> dict[str, np.ndarray]:
         keys = np.array(sorted(self._items), dtype=np.int64)
         lengths = np.array([len(self._items[k][0]) for k in keys], dtype=np.int64)
-        cat = (lambda j, dt: np.concatenate([self._items[k][j] for k in keys]).astype(dt)
-               if len(keys) else np.zeros(0, dt))
-        return {"prompt": keys, "length": lengths, "tokens": cat(0, np.int32),
-                "logp": cat(1, np.float32)}
+
+        def cat(j: int, dt) -> np.ndarray:
+            if not len(keys):
+                return np.zeros(0, dt)
+            return np.concatenate([self._items[k][j] for k in keys]).astype(dt)
+
+        return {
+            "prompt": keys,
+            "length": lengths,
+            "tokens": cat(0, np.int32),
+            "logp": cat(1, np.float32),
+        }
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self._items = {}

@@ -113,18 +113,33 @@ class Trainer:
         self.model, self.tokenizer = load_policy(model_source, dtype=cfg.model.dtype)
         self.prompt_tokens = self._encode([ex.prompt for ex in self.train_examples])
         r = cfg.rollout
-        self.engine = HFEngine(self.model, self.tokenizer, max_new_tokens=r.max_new_tokens,
-                               temperature=r.temperature, top_p=r.top_p, batch_size=r.batch_size)
-        self.rewards = RewardPool(self.task.verifier, timeout=cfg.reward.timeout,
-                                  workers=cfg.reward.workers)
+        self.engine = HFEngine(
+            self.model,
+            self.tokenizer,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            batch_size=r.batch_size,
+        )
+        self.rewards = RewardPool(
+            self.task.verifier, timeout=cfg.reward.timeout, workers=cfg.reward.workers
+        )
         self.optimizer = MasterWeightAdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.optim.lr,
-            weight_decay=cfg.optim.weight_decay, max_grad_norm=cfg.optim.max_grad_norm)
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=cfg.optim.lr,
+            weight_decay=cfg.optim.weight_decay,
+            max_grad_norm=cfg.optim.max_grad_norm,
+        )
 
         n = len(self.train_examples)
         t = cfg.tracker
-        self.tracker = ValueTracker(n, rho_min=t.rho_min, rho_max=t.rho_max,
-                                    prior_value=t.prior_value, prior_count=t.prior_count)
+        self.tracker = ValueTracker(
+            n,
+            rho_min=t.rho_min,
+            rho_max=t.rho_max,
+            prior_value=t.prior_value,
+            prior_count=t.prior_count,
+        )
         self.drift = DriftTracker(n)
         self.replay = ReplayStore()
         mode = self.algo.sampler if cfg.sampler.mode == "auto" else cfg.sampler.mode
@@ -145,8 +160,9 @@ class Trainer:
             truncate_metrics(metrics_path, self.step)
         elif metrics_path.exists():
             metrics_path.unlink()  # only reachable for a run dir without checkpoints
-        self.logger = RunLogger(self.run_dir, tensorboard=cfg.log.tensorboard,
-                                wandb=cfg.log.wandb, config=to_dict(cfg))
+        self.logger = RunLogger(
+            self.run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb, config=to_dict(cfg)
+        )
 
     # ---------------------------------------------------------------- set-up helpers
     def _check_run_dir(self) -> None:
@@ -157,16 +173,20 @@ class Trainer:
                 "continue it or choose another run_dir (nothing was overwritten)"
             )
         if self.cfg.resume and not existing:
-            raise TrainError(f"resume=true but {str(self.ckpt_root)!r} has no complete "
-                             "checkpoint; start without resume or point run_dir at a run")
+            raise TrainError(
+                f"resume=true but {str(self.ckpt_root)!r} has no complete "
+                "checkpoint; start without resume or point run_dir at a run"
+            )
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             probe = self.run_dir / ".write-test"
             probe.write_text("")
             probe.unlink()
         except OSError as e:
-            raise TrainError(f"run_dir {str(self.run_dir)!r} is not writable ({e.strerror}); "
-                             "choose another run_dir") from None
+            raise TrainError(
+                f"run_dir {str(self.run_dir)!r} is not writable ({e.strerror}); "
+                "choose another run_dir"
+            ) from None
 
     def _resume_checkpoint(self) -> Path:
         """Newest checkpoint whose state files load; older ones are fallbacks."""
@@ -188,13 +208,17 @@ class Trainer:
         ids = [ex.id for ex in self.train_examples]
         idx, successes, trials = load_values(path, ids)
         if len(idx) == 0:
-            raise TrainError(f"values file {path!r} shares no prompt id with task "
-                             f"{self.cfg.task.name!r}; rerun `spo init-values` for this task")
+            raise TrainError(
+                f"values file {path!r} shares no prompt id with task "
+                f"{self.cfg.task.name!r}; rerun `spo init-values` for this task"
+            )
         self.tracker.init_from_counts(idx, successes, trials)
         missing = len(ids) - len(idx)
         if missing:
-            print(f"offline init: {missing} of {len(ids)} prompts not in {path}; they start "
-                  "at the prior")
+            print(
+                f"offline init: {missing} of {len(ids)} prompts not in {path}; they start "
+                "at the prior"
+            )
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
@@ -218,19 +242,21 @@ class Trainer:
             (tmp / "config.yaml").write_text(to_yaml(self.cfg))
             # Tracker diagnostics (histograms, frontier, sampler ESS, parquet export) ride
             # inside the atomic checkpoint; cheap: no model calls.
-            write_diagnostics(tmp, self.run_dir,
-                              prompts=[ex.prompt for ex in self.train_examples])
+            write_diagnostics(tmp, self.run_dir, prompts=[ex.prompt for ex in self.train_examples])
 
-        return ckpt.save_checkpoint(self.ckpt_root, self.step, write,
-                                    keep=self.cfg.keep_checkpoints)
+        return ckpt.save_checkpoint(
+            self.ckpt_root, self.step, write, keep=self.cfg.keep_checkpoints
+        )
 
     def _load_state(self, path: Path) -> None:
         state = ckpt.read_state(path)
         ids = [str(x) for x in state["prompt_ids"]]
         if ids != [ex.id for ex in self.train_examples]:
-            raise TrainError(f"checkpoint {path} was trained on different prompts than task "
-                             f"{self.cfg.task.name!r} gives now; resume with the run's task "
-                             "settings (see its config.yaml)")
+            raise TrainError(
+                f"checkpoint {path} was trained on different prompts than task "
+                f"{self.cfg.task.name!r} gives now; resume with the run's task "
+                "settings (see its config.yaml)"
+            )
         try:
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
             self.tracker.load_state_dict(state["tracker"])
@@ -238,8 +264,10 @@ class Trainer:
             self.replay.load_state_dict(state.get("replay", {}))
             self.sampler.load_state_dict(state["sampler"])
         except (OSError, RuntimeError, ValueError, KeyError) as e:
-            raise TrainError(f"checkpoint {path} does not match this run "
-                             f"({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+            raise TrainError(
+                f"checkpoint {path} does not match this run "
+                f"({e.__class__.__name__}: {str(e).splitlines()[0]})"
+            ) from None
         self.step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
         self.train_seconds = float(state["train_seconds"])
@@ -251,16 +279,19 @@ class Trainer:
         group = cfg.group_size if self.algo.grouped else 1
         prompts_per_step = cfg.samples_per_step // group
         if prompts_per_step > len(self.train_examples):
-            raise TrainError(f"{prompts_per_step} distinct prompts per step but the task has "
-                             f"only {len(self.train_examples)}; raise task.train_size or lower "
-                             "samples_per_step")
+            raise TrainError(
+                f"{prompts_per_step} distinct prompts per step but the task has "
+                f"only {len(self.train_examples)}; raise task.train_size or lower "
+                "samples_per_step"
+            )
         ids = self.sampler.draw(self.tracker.values(), prompts_per_step)
         self.last_prompt_ids = ids
         ids_B = np.repeat(ids, group)
         group_id_B = torch.from_numpy(np.repeat(np.arange(prompts_per_step), group))
 
-        rollouts = self.engine.generate([self.prompt_tokens[i] for i in ids_B],
-                                        seed=_step_seed(cfg.seed, step, 0))
+        rollouts = self.engine.generate(
+            [self.prompt_tokens[i] for i in ids_B], seed=_step_seed(cfg.seed, step, 0)
+        )
         t_gen = time.perf_counter()
         scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in ids_B])
         reward_B = torch.from_numpy(np.asarray(scored.reward_B, dtype=np.float32))
@@ -274,8 +305,9 @@ class Trainer:
             baseline_B = torch.from_numpy(self.tracker.value(ids_B).astype(np.float32))
         adv_B = ADVANTAGES[adv_name](reward_B, baseline_B=baseline_B, group_id_B=group_id_B)
 
-        batch = pack(rollouts.prompt_ids, rollouts.completion_ids,
-                     pad_id=self.tokenizer.pad_token_id)
+        batch = pack(
+            rollouts.prompt_ids, rollouts.completion_ids, pad_id=self.tokenizer.pad_token_id
+        )
         train_stats, old_logp_BT = self._update(batch, adv_B)
         t_train = time.perf_counter()
 
@@ -286,9 +318,18 @@ class Trainer:
         self.step = step
         self.samples_seen += len(ids_B)
         self.train_seconds += t_end - t_start
-        return self._step_metrics(reward_B, baseline_B, group_id_B, adv_name, ids, scored,
-                                  rollouts, train_stats, rho_stats,
-                                  (t_start, t_gen, t_score, t_train, t_end))
+        return self._step_metrics(
+            reward_B,
+            baseline_B,
+            group_id_B,
+            adv_name,
+            ids,
+            scored,
+            rollouts,
+            train_stats,
+            rho_stats,
+            (t_start, t_gen, t_score, t_train, t_end),
+        )
 
     def _update(self, batch, adv_B: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         """PPO-clip updates over `updates_per_step` mini-batches; returns stats and the
@@ -306,7 +347,7 @@ class Trainer:
                 for lo in range(0, B, micro):
                     sub = batch.select(torch.arange(lo, min(lo + micro, B)))
                     lp = completion_logp(self.model, sub, temperature=temperature)
-                    old_logp_BT[lo:lo + lp.shape[0], : lp.shape[1]] = lp
+                    old_logp_BT[lo : lo + lp.shape[0], : lp.shape[1]] = lp
         self.model.train()
         sums: dict[str, float] = {}
         losses, grad_norms = [], []
@@ -315,8 +356,9 @@ class Trainer:
             mb_mask = mask_BT[lo_u:hi_u]
             # The mini-batch's global normaliser makes micro-batch losses sum to the exact
             # mini-batch aggregate (tokens for token-mean, non-empty rows for seq-mean).
-            normalizer = float(mb_mask.sum() if cfg.loss.agg == "token-mean"
-                               else (mb_mask.sum(1) > 0).sum())
+            normalizer = float(
+                mb_mask.sum() if cfg.loss.agg == "token-mean" else (mb_mask.sum(1) > 0).sum()
+            )
             loss_total = 0.0
             for lo in range(lo_u, hi_u, micro):
                 idx = torch.arange(lo, min(lo + micro, hi_u))
@@ -327,10 +369,16 @@ class Trainer:
                     old_logp_BT[idx, :T] = logp_bt.detach()
                 old_bt = old_logp_BT[idx, :T]
                 loss, stats = ppo_clip_loss(
-                    logp_bt, old_bt, adv_B[idx], sub.completion_mask_BT,
-                    eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
-                    dual_clip=cfg.loss.dual_clip, agg=cfg.loss.agg,
-                    normalizer=max(normalizer, 1.0))
+                    logp_bt,
+                    old_bt,
+                    adv_B[idx],
+                    sub.completion_mask_BT,
+                    eps_low=cfg.loss.eps_low,
+                    eps_high=cfg.loss.eps_high,
+                    dual_clip=cfg.loss.dual_clip,
+                    agg=cfg.loss.agg,
+                    normalizer=max(normalizer, 1.0),
+                )
                 loss.backward()
                 loss_total += float(loss.detach())
                 for key, value in stats.items():
@@ -355,8 +403,9 @@ class Trainer:
             sub = batch.select(torch.arange(n))
             with torch.no_grad():
                 new = completion_logp(self.model, sub, temperature=temperature)
-            step_drift = float(policy_drift(new, old_logp_BT[:n, : new.shape[1]],
-                                            sub.completion_mask_BT))
+            step_drift = float(
+                policy_drift(new, old_logp_BT[:n, : new.shape[1]], sub.completion_mask_BT)
+            )
             self.drift.advance(step_drift)
             d_B = self.drift.divergence(ids_B)
             self.drift.mark(ids_B)
@@ -367,8 +416,11 @@ class Trainer:
         with torch.no_grad():
             if known:
                 stored = [self.replay.get(int(ids_B[i])) for i in known]
-                old = pack([self.prompt_tokens[ids_B[i]] for i in known],
-                           [s[0].tolist() for s in stored], pad_id=self.tokenizer.pad_token_id)
+                old = pack(
+                    [self.prompt_tokens[ids_B[i]] for i in known],
+                    [s[0].tolist() for s in stored],
+                    pad_id=self.tokenizer.pad_token_id,
+                )
                 new = completion_logp(self.model, old, temperature=temperature)
                 stored_BT = torch.zeros_like(new)
                 for row, (_, lp) in enumerate(stored):
@@ -378,12 +430,26 @@ class Trainer:
         lengths = batch.completion_mask_BT.sum(1).tolist()
         for row, pid in enumerate(ids_B):
             n_tok = int(lengths[row])
-            self.replay.put(int(pid), np.asarray(rollouts.completion_ids[row], dtype=np.int32),
-                            after[row, :n_tok].numpy().astype(np.float32))
+            self.replay.put(
+                int(pid),
+                np.asarray(rollouts.completion_ids[row], dtype=np.int32),
+                after[row, :n_tok].numpy().astype(np.float32),
+            )
         return rho_from_divergence(d_B, **clip), {"rho/replay_bytes": float(self.replay.nbytes)}
 
-    def _step_metrics(self, reward_B, baseline_B, group_id_B, adv_name, ids, scored, rollouts,
-                      train_stats, rho_stats, times) -> dict[str, float]:
+    def _step_metrics(
+        self,
+        reward_B,
+        baseline_B,
+        group_id_B,
+        adv_name,
+        ids,
+        scored,
+        rollouts,
+        train_stats,
+        rho_stats,
+        times,
+    ) -> dict[str, float]:
         t_start, t_gen, t_score, t_train, t_end = times
         raw_adv_B = reward_B - baseline_B
         if self.algo.grouped:  # the group-mean baseline of the update itself
@@ -418,8 +484,11 @@ class Trainer:
         }
         if self.algo.grouped:  # singleton "groups" of SPO would all count as degenerate
             m["adv/degenerate_fraction"] = float(degenerate_fraction(reward_B, group_id_B))
-            m["adv/variance_nondegenerate"] = float(advantage_variance(
-                raw_adv_B, group_id_B, exclude_degenerate=True, reward_B=reward_B))
+            m["adv/variance_nondegenerate"] = float(
+                advantage_variance(
+                    raw_adv_B, group_id_B, exclude_degenerate=True, reward_B=reward_B
+                )
+            )
         return m
 
     # ---------------------------------------------------------------------- run
@@ -432,11 +501,19 @@ class Trainer:
     def evaluate(self, *, k: int = 1) -> dict[str, float]:
         from spo.eval import evaluate_examples
 
-        return evaluate_examples(self.model, self.tokenizer, self.task, self.eval_examples,
-                                 k=k, max_new_tokens=self.cfg.rollout.max_new_tokens,
-                                 temperature=self.cfg.rollout.temperature or 1.0,
-                                 system_prompt=self.cfg.task.system_prompt,
-                                 reward_pool=self.rewards, seed=self.cfg.seed)
+        return evaluate_examples(
+            self.model,
+            self.tokenizer,
+            self.task,
+            self.eval_examples,
+            k=k,
+            max_new_tokens=self.cfg.rollout.max_new_tokens,
+            temperature=self.cfg.rollout.temperature or 1.0,
+            top_p=self.cfg.rollout.top_p,
+            system_prompt=self.cfg.task.system_prompt,
+            reward_pool=self.rewards,
+            seed=self.cfg.seed,
+        )
 
     def run(self, *, progress=None) -> dict[str, float]:
         """Train until cfg.steps (or a stop signal); checkpoint periodically and at the end."""
@@ -455,8 +532,9 @@ class Trainer:
                     last.update({f"eval/{k}": v for k, v in self.evaluate().items()})
                 self.logger.log(self.step, last)
                 if bar is not None:
-                    bar.set_postfix(reward=f"{last['reward/mean']:.2f}",
-                                    s_per_step=f"{last['time/step']:.1f}")
+                    bar.set_postfix(
+                        reward=f"{last['reward/mean']:.2f}", s_per_step=f"{last['time/step']:.1f}"
+                    )
                     bar.update(1)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
@@ -472,4 +550,3 @@ class Trainer:
     def close(self) -> None:
         self.rewards.close()
         self.logger.close()
-

@@ -20,8 +20,13 @@ class ValuesFileError(ValueError):
 COLUMNS = ("prompt_id", "successes", "trials")
 
 
-def write_values(path: str | Path, prompt_ids: list[str], successes: np.ndarray,
-                 trials: np.ndarray, prompts: list[str] | None = None) -> Path:
+def write_values(
+    path: str | Path,
+    prompt_ids: list[str],
+    successes: np.ndarray,
+    trials: np.ndarray,
+    prompts: list[str] | None = None,
+) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -33,8 +38,9 @@ def write_values(path: str | Path, prompt_ids: list[str], successes: np.ndarray,
         "prompt_id": pa.array(prompt_ids, pa.string()),
         "successes": pa.array(successes),
         "trials": pa.array(trials),
-        "value": pa.array(np.divide(successes, trials, out=np.zeros_like(trials),
-                                    where=trials > 0)),
+        "value": pa.array(
+            np.divide(successes, trials, out=np.zeros_like(trials), where=trials > 0)
+        ),
     }
     if prompts is not None:
         table["prompt"] = pa.array(prompts, pa.string())
@@ -50,16 +56,18 @@ def load_values(path: str | Path, prompt_ids: list[str]):
 
     path = Path(path)
     if not path.is_file():
-        raise ValuesFileError(f"values file {str(path)!r} not found; create it with "
-                              "`spo init-values` first")
+        raise ValuesFileError(
+            f"values file {str(path)!r} not found; create it with `spo init-values` first"
+        )
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises many types for a bad file
         raise ValuesFileError(f"values file {str(path)!r} is not readable parquet ({e})") from e
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
-        raise ValuesFileError(f"values file {str(path)!r} lacks columns {missing}; "
-                              f"found {table.column_names}")
+        raise ValuesFileError(
+            f"values file {str(path)!r} lacks columns {missing}; found {table.column_names}"
+        )
     position = {pid: i for i, pid in enumerate(prompt_ids)}
     file_ids = table.column("prompt_id").to_pylist()
     succ = table.column("successes").to_numpy().astype(np.float64)

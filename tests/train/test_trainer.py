@@ -33,8 +33,10 @@ def reward(completion, answer):
 @pytest.fixture()
 def task_files(tmp_path: Path) -> dict[str, str]:
     data = tmp_path / "data.jsonl"
-    rows = [{"prompt": f"Say something about {i} and {i * 7 % 13}.", "answer": str(i)}
-            for i in range(40)]
+    rows = [
+        {"prompt": f"Say something about {i} and {i * 7 % 13}.", "answer": str(i)}
+        for i in range(40)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     reward = tmp_path / "reward.py"
     reward.write_text(REWARD_SRC)
@@ -72,8 +74,7 @@ def params_of(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("algo", ["spo", "grpo", "rloo", "dr_grpo"])
 def test_algorithms_train_a_few_steps(tiny_model_dir, task_files, tmp_path, algo):
-    cfg = load_config(None, tiny_overrides(tiny_model_dir, task_files, tmp_path / "run",
-                                           algo=algo))
+    cfg = load_config(None, tiny_overrides(tiny_model_dir, task_files, tmp_path / "run", algo=algo))
     trainer = Trainer(cfg)
     before = params_of(trainer.model)
     try:
@@ -86,9 +87,17 @@ def test_algorithms_train_a_few_steps(tiny_model_dir, task_files, tmp_path, algo
     assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter moved"
     records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
-    for key in ["reward/mean", "adv/variance", "adv/abs_le_1e-4",
-                "tracker/value_mean", "time/generate", "throughput/samples_per_s",
-                "train/clip_fraction", "reward/timeouts", "reward/errors"]:
+    for key in [
+        "reward/mean",
+        "adv/variance",
+        "adv/abs_le_1e-4",
+        "tracker/value_mean",
+        "time/generate",
+        "throughput/samples_per_s",
+        "train/clip_fraction",
+        "reward/timeouts",
+        "reward/errors",
+    ]:
         assert key in records[-1], key
     ckpts = sorted(p.name for p in (tmp_path / "run/checkpoints").iterdir())
     assert ckpts == ["step_000002", "step_000003"]
@@ -97,8 +106,9 @@ def test_algorithms_train_a_few_steps(tiny_model_dir, task_files, tmp_path, algo
 
 def test_grpo_uses_groups_and_spo_single_stream(tiny_model_dir, task_files, tmp_path):
     for algo, n_prompts in [("spo", 8), ("grpo", 2)]:
-        cfg = load_config(None, tiny_overrides(tiny_model_dir, task_files, tmp_path / algo,
-                                               algo=algo, steps=1))
+        cfg = load_config(
+            None, tiny_overrides(tiny_model_dir, task_files, tmp_path / algo, algo=algo, steps=1)
+        )
         trainer = Trainer(cfg)
         try:
             trainer.train_step()
@@ -125,9 +135,17 @@ def run_collecting_ids(cfg) -> tuple[Trainer, list[list[int]]]:
 @pytest.mark.parametrize("rho", ["drift", "replay"])
 def test_resume_is_lossless(tiny_model_dir, task_files, tmp_path, rho):
     def cfg(run, steps, resume=False):
-        return load_config(None, tiny_overrides(
-            tiny_model_dir, task_files, tmp_path / run, steps=steps, resume=resume,
-            **{"tracker.rho": rho, "optim.updates_per_step": 2}))
+        return load_config(
+            None,
+            tiny_overrides(
+                tiny_model_dir,
+                task_files,
+                tmp_path / run,
+                steps=steps,
+                resume=resume,
+                **{"tracker.rho": rho, "optim.updates_per_step": 2},
+            ),
+        )
 
     straight, ids_straight = run_collecting_ids(cfg("a", 5))
     _, ids_first = run_collecting_ids(cfg("b", 2))
@@ -155,9 +173,17 @@ def test_offline_init_values_roundtrip(tiny_model_dir, task_files, tmp_path):
 
 
 def test_constant_rho_and_no_baseline_run(tiny_model_dir, task_files, tmp_path):
-    cfg = load_config(None, tiny_overrides(tiny_model_dir, task_files, tmp_path / "run",
-                                           steps=2, baseline="none",
-                                           **{"tracker.rho": "constant"}))
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            tiny_model_dir,
+            task_files,
+            tmp_path / "run",
+            steps=2,
+            baseline="none",
+            **{"tracker.rho": "constant"},
+        ),
+    )
     trainer = Trainer(cfg)
     try:
         last = trainer.run()
@@ -184,10 +210,10 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
         ({"task.name": "no_such_task"}, "no_such_task"),
     ],
 )
-def test_bad_input_is_one_clear_line(tiny_model_dir, task_files, tmp_path, capsys, extra,
-                                     needle):
-    code, err = run_cli(["train", *tiny_overrides(tiny_model_dir, task_files,
-                                                   tmp_path / "run", **extra)], capsys)
+def test_bad_input_is_one_clear_line(tiny_model_dir, task_files, tmp_path, capsys, extra, needle):
+    code, err = run_cli(
+        ["train", *tiny_overrides(tiny_model_dir, task_files, tmp_path / "run", **extra)], capsys
+    )
     assert code == 2
     assert err.startswith("spo: error:") and needle in err and "\n" not in err, err
 
@@ -195,30 +221,49 @@ def test_bad_input_is_one_clear_line(tiny_model_dir, task_files, tmp_path, capsy
 def test_missing_column_and_empty_dataset(tiny_model_dir, task_files, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "x", "answer": "1"}) + "\n")
-    code, err = run_cli(["train", *tiny_overrides(tiny_model_dir, task_files, tmp_path / "r1",
-                                                   **{"task.name": str(bad)})], capsys)
+    code, err = run_cli(
+        [
+            "train",
+            *tiny_overrides(tiny_model_dir, task_files, tmp_path / "r1", **{"task.name": str(bad)}),
+        ],
+        capsys,
+    )
     assert code == 2 and "prompt" in err and "\n" not in err, err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    code, err = run_cli(["train", *tiny_overrides(tiny_model_dir, task_files, tmp_path / "r2",
-                                                   **{"task.name": str(empty)})], capsys)
+    code, err = run_cli(
+        [
+            "train",
+            *tiny_overrides(
+                tiny_model_dir, task_files, tmp_path / "r2", **{"task.name": str(empty)}
+            ),
+        ],
+        capsys,
+    )
     assert code == 2 and "empty" in err.lower() and "\n" not in err, err
 
 
 def test_reward_outside_unit_interval(tiny_model_dir, task_files, tmp_path, capsys):
     bad = tmp_path / "bad_reward.py"
     bad.write_text("def reward(completion, answer):\n    return 3.5\n")
-    code, err = run_cli(["train", *tiny_overrides(tiny_model_dir, task_files, tmp_path / "run",
-                                                   **{"task.reward_fn": f"{bad}:reward"})],
-                        capsys)
+    code, err = run_cli(
+        [
+            "train",
+            *tiny_overrides(
+                tiny_model_dir, task_files, tmp_path / "run", **{"task.reward_fn": f"{bad}:reward"}
+            ),
+        ],
+        capsys,
+    )
     assert code == 2 and "3.5" in err and "\n" not in err, err
 
 
 def test_unwritable_run_dir(tiny_model_dir, task_files, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    code, err = run_cli(["train", *tiny_overrides(tiny_model_dir, task_files,
-                                                   blocker / "run")], capsys)
+    code, err = run_cli(
+        ["train", *tiny_overrides(tiny_model_dir, task_files, blocker / "run")], capsys
+    )
     assert code == 2 and "run_dir" in err, err
 
 
@@ -231,11 +276,13 @@ def test_existing_run_is_never_overwritten(tiny_model_dir, task_files, tmp_path,
     assert (tmp_path / "run/metrics.jsonl").read_text() == before
 
 
-def test_corrupt_checkpoint_falls_back_or_fails_clearly(tiny_model_dir, task_files, tmp_path,
-                                                        capsys):
+def test_corrupt_checkpoint_falls_back_or_fails_clearly(
+    tiny_model_dir, task_files, tmp_path, capsys
+):
     run = tmp_path / "run"
-    args = tiny_overrides(tiny_model_dir, task_files, run, steps=2, checkpoint_every=1,
-                          keep_checkpoints=5)
+    args = tiny_overrides(
+        tiny_model_dir, task_files, run, steps=2, checkpoint_every=1, keep_checkpoints=5
+    )
     assert main(["train", *args]) == 0
     (run / "checkpoints/step_000002/state.npz").write_bytes(b"garbage")
     # newest is corrupt -> resume continues from step 1 and reaches step 3
@@ -252,19 +299,27 @@ def test_mismatched_checkpoint(tiny_model_dir, task_files, tmp_path, capsys):
     run = tmp_path / "run"
     args = tiny_overrides(tiny_model_dir, task_files, run, steps=1)
     assert main(["train", *args]) == 0
-    code, err = run_cli(["train", *args, "resume=true", "steps=2", "task.train_size=20"],
-                        capsys)
+    code, err = run_cli(["train", *args, "resume=true", "steps=2", "task.train_size=20"], capsys)
     assert code == 2 and "different prompts" in err, err
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_step_checkpoints_and_exits_zero(tiny_model_dir, task_files,
-                                                          tmp_path):
+def test_sigterm_finishes_step_checkpoints_and_exits_zero(tiny_model_dir, task_files, tmp_path):
     run = tmp_path / "run"
-    args = tiny_overrides(tiny_model_dir, task_files, run, steps=10_000,
-                          checkpoint_every=10_000, **{"rollout.max_new_tokens": 32})
-    proc = subprocess.Popen([sys.executable, "-m", "spo.cli", "train", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = tiny_overrides(
+        tiny_model_dir,
+        task_files,
+        run,
+        steps=10_000,
+        checkpoint_every=10_000,
+        **{"rollout.max_new_tokens": 32},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spo.cli", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
