@@ -14,7 +14,8 @@ keeps the other half. Repeating a level in a comma list weights it ("add1,add1,a
 
 Calibration (docs/tasks.md): the levels and the default mix were measured on the embedded
 SmolLM2-135M-Instruct, sampled at temperature 1.0 and greedy, so that the default mix
-starts in the 20-60% sampled-success range with a real spread across prompts.
+starts in the 20-60% sampled-success range (measured: 21% sampled, 78% greedy) with a
+real spread across prompts.
 
 Reward: 1 when the last number in the reply equals the answer ("1,234", "−5", "12.0"
 are read as 1234, -5, 12), else 0.
