@@ -5,7 +5,11 @@ tokens: a few minutes on 2 cores) once per forgetting estimator, each in its own
 subprocess, and records after every step the process RSS (VmRSS), the peak RSS
 (ru_maxrss), the replay store's bytes and prompt count, and the drift tracker's bytes.
 
-Reported per estimator:
+An arm `drift+trim` repeats the drift run calling glibc's `malloc_trim(0)` after every
+step: RSS that grows without it but stays flat with it is memory the allocator keeps
+cached (fragmentation from varying batch shapes), not live objects — i.e. not a leak.
+
+Reported per arm:
   rss_slope_mib_per_step  least-squares slope of RSS over steps >= --skip (the first steps
                           allocate the optimizer's fp32 masters, moments and caches)
   rss_growth_mib          RSS(last) - RSS(--skip)
@@ -22,6 +26,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -49,10 +54,19 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def _child(rho: str, steps: int, samples: int, new_tokens: int, run_dir: str) -> dict:
+def _malloc_trim() -> None:
+    """Return glibc's freed-but-cached heap pages to the OS (Linux/glibc only)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _child(arm: str, steps: int, samples: int, new_tokens: int, run_dir: str) -> dict:
     from spo.train.config import load_config
     from spo.train.trainer import Trainer
 
+    rho, _, trim = arm.partition("+")
     cfg = load_config(
         None,
         [
@@ -75,6 +89,8 @@ def _child(rho: str, steps: int, samples: int, new_tokens: int, run_dir: str) ->
     t0 = time.perf_counter()
     for i in range(steps):
         m = trainer.train_step()
+        if trim:
+            _malloc_trim()
         rows.append(
             {
                 "step": i + 1,
@@ -90,7 +106,7 @@ def _child(rho: str, steps: int, samples: int, new_tokens: int, run_dir: str) ->
             }
         )
         if (i + 1) % 10 == 0:
-            print(f"  rho={rho} step {i + 1}: RSS {rows[-1]['rss_mib']:.0f} MiB", flush=True)
+            print(f"  {arm} step {i + 1}: RSS {rows[-1]['rss_mib']:.0f} MiB", flush=True)
     wall = time.perf_counter() - t0
     trainer.close()
     return {
@@ -146,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--samples", type=int, default=16, help="samples_per_step")
     ap.add_argument("--new-tokens", type=int, default=16, help="rollout.max_new_tokens")
-    ap.add_argument("--rho", default="drift,replay", help="comma list: drift, replay, constant")
+    ap.add_argument(
+        "--rho",
+        default="drift,replay,drift+trim",
+        help="comma list of arms: drift, replay, constant; +trim = malloc_trim(0) after each step",
+    )
     ap.add_argument("--skip", type=int, default=10, help="first step of the RSS slope fit")
     ap.add_argument("--out", default=str(RESULTS / "memory.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -179,10 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             "max_new_tokens": args.new_tokens,
             "slope_fit_from_step": args.skip,
         },
-        "estimators": {},
+        "arms": {},
     }
     for rho in [r.strip() for r in args.rho.split(",") if r.strip()]:
-        print(f"rho={rho}: {args.steps} SPO steps (load {os.getloadavg()[0]:.2f})", flush=True)
+        print(f"{rho}: {args.steps} SPO steps (load {os.getloadavg()[0]:.2f})", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"memory_{rho}_") as tmp:
             out = Path(tmp) / "result.json"
             cmd = [
@@ -204,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(cmd, check=True, cwd=ROOT)
             summary = _summarise(json.loads(out.read_text()), args.skip)
         summary["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-        result["estimators"][rho] = summary
+        result["arms"][rho] = summary
         print(
             f"  RSS {summary['rss_at_skip_mib']:.0f} -> {summary['rss_last_mib']:.0f} MiB, slope "
             f"{summary['rss_slope_mib_per_step']:+.3f} MiB/step, peak {summary['peak_rss_mib']:.0f}"
