@@ -54,6 +54,13 @@ class PackedBatch:
     def completion_len_B(self) -> Tensor:
         return self.completion_mask_BT.sum(1).long()
 
+    def micro_batches(self, lo: int, hi: int, size: int) -> list[Tensor]:
+        """Rows lo..hi-1 cut into index sets of at most `size`, rows of similar length
+        together: `select` trims each set to its own longest sequence, so sorting by length
+        first removes most padding (a third of the trained tokens for 64 arithmetic samples)."""
+        order = lo + torch.argsort(self.seq_len_B[lo:hi], stable=True)
+        return list(order.split(size))
+
     def select(self, idx: Tensor | list[int] | slice) -> PackedBatch:
         """Rows `idx` as their own batch, trimmed to their own longest sequence/completion."""
         if isinstance(idx, slice):

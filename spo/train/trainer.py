@@ -344,10 +344,9 @@ class Trainer:
         old_logp_BT = torch.zeros(mask_BT.shape, dtype=torch.float32)
         if n_updates > 1:  # later mini-batches need log-probs of the policy before the step
             with torch.no_grad():
-                for lo in range(0, B, micro):
-                    sub = batch.select(torch.arange(lo, min(lo + micro, B)))
-                    lp = completion_logp(self.model, sub, temperature=temperature)
-                    old_logp_BT[lo : lo + lp.shape[0], : lp.shape[1]] = lp
+                for idx in batch.micro_batches(0, B, micro):
+                    lp = completion_logp(self.model, batch.select(idx), temperature=temperature)
+                    old_logp_BT[idx, : lp.shape[1]] = lp
         self.model.train()
         sums: dict[str, float] = {}
         losses, grad_norms = [], []
@@ -360,8 +359,7 @@ class Trainer:
                 mb_mask.sum() if cfg.loss.agg == "token-mean" else (mb_mask.sum(1) > 0).sum()
             )
             loss_total = 0.0
-            for lo in range(lo_u, hi_u, micro):
-                idx = torch.arange(lo, min(lo + micro, hi_u))
+            for idx in batch.micro_batches(lo_u, hi_u, micro):
                 sub = batch.select(idx)
                 logp_bt = completion_logp(self.model, sub, temperature=temperature)
                 T = logp_bt.shape[1]
