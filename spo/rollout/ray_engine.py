@@ -13,7 +13,9 @@ loads them before it generates again. Because the shards and their seeds are the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +35,14 @@ def import_ray():
             "(or use cluster.mode=local)"
         ) from None
     return ray
+
+
+def worker_runtime_env() -> dict:
+    """Lets actors import this very `spo` (a source checkout need not be installed); on a
+    multi-node cluster install spo-rl on every node instead."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
 
 
 class RolloutWorker:
@@ -77,7 +87,12 @@ class RayEngine:
         self.ray = ray
         c = cfg.cluster
         if not ray.is_initialized():
-            ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                address=c.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env=worker_runtime_env(),
+            )
         actor = ray.remote(RolloutWorker).options(
             num_cpus=c.cpus_per_worker, num_gpus=c.gpus_per_worker
         )
