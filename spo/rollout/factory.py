@@ -1,8 +1,8 @@
 """Config -> rollout engine: `rollout.engine` picks hf | vllm, `cluster.*` where it runs.
 
-    cluster.mode=local, rollout_workers=1   the engine itself, in this process
-    cluster.mode=local, rollout_workers=W   ShardedEngine: W shards in turn, same results as Ray
-    cluster.mode=ray                        RayEngine: W actors, each with its own engine
+cluster.mode=local, rollout_workers=1   the engine itself, in this process
+cluster.mode=local, rollout_workers=W   ShardedEngine: W shards in turn, same results as Ray
+cluster.mode=ray                        RayEngine: W actors, each with its own engine
 """
 
 from __future__ import annotations

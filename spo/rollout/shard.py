@@ -9,6 +9,7 @@ uses the step seed itself (identical to an unsharded engine).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -22,7 +23,7 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     edges = np.cumsum([0] + [n // shards + (k < n % shards) for k in range(shards)])
-    return [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
+    return [(int(lo), int(hi)) for lo, hi in itertools.pairwise(edges) if hi > lo]
 
 
 def shard_seed(seed: int, k: int) -> int:

@@ -171,7 +171,9 @@ class VLLMEngine:
         self.lora_version += 1
         path = self.lora_dir / f"v{self.lora_version:06d}"
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in weights.items()}, path / "adapter_model.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in weights.items()}, path / "adapter_model.safetensors"
+        )
         config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "bias": "none", **self.lora}
         (path / "adapter_config.json").write_text(json.dumps(config))
         self.lora_request = LoRARequest(f"policy-{self.lora_version}", self.lora_version, str(path))

@@ -36,9 +36,17 @@ class LoraConfig:
     r: int = _f(0, "LoRA rank (0 = off: full fine-tuning); peft adapters, only they train")
     alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / r)")
     dropout: float = _f(0.0, "dropout on the LoRA input")
-    target_modules: list[str] = _f(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        "module names that get adapters",
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        metadata={"help": "module names that get adapters", "choices": None},
     )
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_trainer import task_files, tiny_overrides  # noqa: F401
 
 from spo.train.config import load_config
 from spo.train.trainer import Trainer
-from test_trainer import task_files, tiny_overrides  # noqa: F401
 
 ray = pytest.importorskip("ray")
 
@@ -48,7 +48,7 @@ def test_ray_rollout_actors_equal_single_process(tiny_model_dir, task_files, tmp
     try:
         distributed = load_config(
             None,
-            tiny_overrides(tiny_model_dir, task_files, tmp_path / "b", **common) + ["cluster=ray"],
+            [*tiny_overrides(tiny_model_dir, task_files, tmp_path / "b", **common), "cluster=ray"],
         )
         assert distributed.cluster.mode == "ray"
         got = _run(distributed)
