@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 
 def lora_kwargs(lora: Any) -> dict:
     """peft.LoraConfig keyword arguments from the `model.lora` config section."""
@@ -23,8 +25,12 @@ def lora_kwargs(lora: Any) -> dict:
     }
 
 
-def apply_lora(model, lora: Any):
-    """`model` with trainable LoRA adapters on `lora.target_modules` (base frozen)."""
+def apply_lora(model, lora: Any, *, seed: int = 0):
+    """`model` with trainable LoRA adapters on `lora.target_modules` (base frozen).
+
+    peft draws the A matrices from the global torch RNG; they are drawn here under
+    `seed` inside a forked RNG, so a run's adapters are reproducible and the caller's RNG
+    is untouched."""
     from spo.models import ModelError
 
     try:
@@ -33,6 +39,8 @@ def apply_lora(model, lora: Any):
         raise ModelError("model.lora.r > 0 needs peft: pip install 'spo-rl[lora]'") from None
     try:
         config = LoraConfig(task_type="CAUSAL_LM", bias="none", **lora_kwargs(lora))
-        return get_peft_model(model, config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return get_peft_model(model, config)
     except ValueError as e:
         raise ModelError(f"model.lora: {str(e).splitlines()[0]}") from None

@@ -59,7 +59,7 @@ class RolloutWorker:
             if cfg.model.lora.r:
                 from spo.lora import apply_lora
 
-                model = apply_lora(model, cfg.model.lora)
+                model = apply_lora(model, cfg.model.lora, seed=cfg.seed)
             if torch.cuda.is_available() and cfg.cluster.gpus_per_worker > 0:
                 model = model.cuda()
         else:

@@ -116,7 +116,7 @@ class Trainer:
         if cfg.model.lora.r and not is_peft(self.model):  # a resumed LoRA run loads its adapter
             from spo.lora import apply_lora
 
-            self.model = apply_lora(self.model, cfg.model.lora)
+            self.model = apply_lora(self.model, cfg.model.lora, seed=cfg.seed)
         self.prompt_tokens = self._encode([ex.prompt for ex in self.train_examples])
         self.engine = make_engine(
             cfg,
