@@ -17,6 +17,7 @@ from pathlib import Path
 def _user_errors() -> tuple[type[BaseException], ...]:
     from spo.models import ModelError
     from spo.rewards import RewardError
+    from spo.rollout import EngineError
     from spo.tasks import TaskError
     from spo.train.checkpoint import CheckpointError
     from spo.train.config import ConfigError
@@ -31,6 +32,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RewardError,
         CheckpointError,
         ValuesFileError,
+        EngineError,
     )
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spo.rollout.batch import PackedBatch
+from spo.rollout.weights import is_peft
 
 
 class _TokenLogp(torch.autograd.Function):
@@ -107,7 +108,8 @@ def completion_logp(
     logp_BT = torch.zeros((B, T), dtype=torch.float32, device=device)
     if B == 0 or T == 0:
         return logp_BT
-    decoder = getattr(model, model.base_model_prefix)
+    base = model.get_base_model() if is_peft(model) else model  # LoRA layers live inside it
+    decoder = getattr(base, base.base_model_prefix)
     if bool((batch.seq_start_B == 0).all()):
         # Right padding: causal attention never reaches the padding after a sequence, and
         # positions are 0..L-1, so no mask at all lets SDPA take its fast causal path.

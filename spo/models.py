@@ -94,7 +94,7 @@ def resolve_model_path(name_or_path: str) -> Path:
             f"model path {str(path)!r} does not exist: pass a local Hugging Face model "
             f"directory or model={DEFAULT_MODEL} (nothing is downloaded at run time)"
         )
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise ModelError(
             f"{str(path)!r} is not a Hugging Face model directory (no config.json inside)"
         )
@@ -127,6 +127,8 @@ def load_policy(
             "use bfloat16, float16 or float32"
         )
     path = resolve_model_path(model)
+    if not (path / "config.json").is_file():  # a LoRA adapter dir (checkpoint of a LoRA run)
+        return _load_adapter(path, dtype=dtype, attn_implementation=attn_implementation)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if attn_implementation is None:
@@ -142,6 +144,33 @@ def load_policy(
             raise ModelError(f"the tokenizer in {str(path)!r} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    policy.eval()
+    return policy, tokenizer
+
+
+def _load_adapter(
+    path: Path, *, dtype: str, attn_implementation: str | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A peft LoRA adapter directory on top of the base model its config names."""
+    import json
+
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelError(f"{str(path)!r} is a LoRA adapter: pip install 'spo-rl[lora]'") from None
+    base_path = json.loads((path / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path"
+    )
+    if not base_path:
+        raise ModelError(f"{str(path)!r}: adapter_config.json names no base model")
+    base, tokenizer = load_policy(base_path, dtype=dtype, attn_implementation=attn_implementation)
+    if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    policy = PeftModel.from_pretrained(base, path, is_trainable=True)
     policy.eval()
     return policy, tokenizer
 

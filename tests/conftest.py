@@ -15,6 +15,18 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see spo/__init__.py
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu`-marked tests skip cleanly on machines without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread_per_worker():
     """`pytest -n 2` runs two workers on two cores: one torch thread each, no oversubscription."""

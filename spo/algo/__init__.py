@@ -6,7 +6,8 @@ No I/O, no models, no config objects (design.md). The contract is ../shared/spo-
 - `forgetting`  ρ = clip(2^(−D/D_half), ρ_min, ρ_max); replay and cumulative-drift D (§2)
 - `advantages`  spo / none / grpo / dr_grpo / rloo behind one registry (§4, §7)
 - `sampler`     PrioritySampler — w ∝ sqrt(v̂(1−v̂)) + ε without replacement (§5)
-- `losses`      ppo_clip_loss — clip-higher + dual clip, three aggregations (§6)
+- `losses`      ppo_clip_loss — clip-higher + dual clip, three aggregations (§6);
+                tis_weight — truncated importance sampling for engine mismatch
 - `metrics`     pass@k, maj@k, avg@k, degenerate fraction, advantage variance (§8)
 """
 
@@ -21,7 +22,7 @@ from spo.algo.advantages import (
     spo_advantage,
 )
 from spo.algo.forgetting import DriftTracker, policy_drift, replay_divergence, rho_from_divergence
-from spo.algo.losses import AGGREGATIONS, ppo_clip_loss
+from spo.algo.losses import AGGREGATIONS, ppo_clip_loss, tis_weight
 from spo.algo.metrics import (
     advantage_variance,
     avg_at_k,
@@ -57,4 +58,5 @@ __all__ = [
     "rloo_advantage",
     "small_advantage_fraction",
     "spo_advantage",
+    "tis_weight",
 ]

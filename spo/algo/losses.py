@@ -17,6 +17,13 @@ seq-mean denominators (verl counts them, so padding rows would change the loss),
 padded positions are masked with `where`, not multiplied, so garbage log-probs there
 (−inf, NaN) can neither leak into the loss nor produce NaN gradients.
 
+Train/inference mismatch (truncated importance sampling, Yao et al. 2025 "Your efficient RL
+framework secretly brings you off-policy RL training"): a fast inference engine (vLLM)
+samples from π_behaviour, which differs from the trainer's π_old by kernel and precision
+noise. `tis_weight` gives each token w = min(exp(old_logp − behaviour_logp), C); passing it
+as `weight_BT` multiplies it into the per-token loss (after clipping), which corrects the
+policy gradient back to π_old's samples up to the cap C.
+
 Gradient accumulation: `normalizer` replaces the local denominator (token count for
 token-mean, row count for the seq-means). Give every micro-batch the mini-batch's global
 count and the summed micro-batch losses equal the mini-batch loss exactly.
@@ -59,6 +66,7 @@ def ppo_clip_loss(
     dual_clip: float | None = 10.0,
     agg: str = "token-mean",
     normalizer: float | None = None,
+    weight_BT: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """loss = agg_m(max(−rÃ, −clip(r, 1−ε_low, 1+ε_high)Ã), dual-clipped at −cÃ for Ã<0).
 
@@ -67,6 +75,8 @@ def ppo_clip_loss(
     adv_B: (B,) sequence advantages broadcast over tokens, or (B, T) per token;
     mask_BT: (B, T) 1/True on response tokens. dual_clip=None disables the dual clip.
     normalizer: denominator to use instead of the local one (see module docstring).
+    weight_BT: optional (B, T) per-token weight multiplied into the token loss (e.g. the
+    truncated importance weight of `tis_weight`); no gradient flows through it.
 
     Returns (loss 0-d tensor, stats over masked tokens as Python floats: clip_fraction,
     dual_clip_fraction, ratio_mean, ratio_max, approx_kl = mean((r − 1) − log r), the k3
@@ -92,6 +102,13 @@ def ppo_clip_loss(
     if dual_clip is not None:
         bound = -dual_clip * adv
         loss_tok = torch.where(adv < 0, torch.minimum(loss_tok, bound), loss_tok)
+    if weight_BT is not None:
+        if tuple(weight_BT.shape) != tuple(logp_BT.shape):
+            raise ValueError(
+                f"weight_BT must have the shape of logp_BT {tuple(logp_BT.shape)}; "
+                f"got {tuple(weight_BT.shape)}"
+            )
+        loss_tok = loss_tok * torch.where(mask, weight_BT.detach().to(loss_tok.dtype), zero)
     loss_tok = torch.where(mask, loss_tok, zero)
 
     n_tok_B = mask.sum(dim=1)
@@ -125,3 +142,39 @@ def ppo_clip_loss(
             "approx_kl": float(((r - 1.0) - log_ratio[mask]).mean()),
         }
     return loss, stats
+
+
+def tis_weight(
+    old_logp_BT: torch.Tensor,
+    behaviour_logp_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    *,
+    tis_cap: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """w_BT = min(exp(old_logp − behaviour_logp), tis_cap) on masked tokens, 0 elsewhere.
+
+    old_logp_BT: (B, T) log-probs of the sampled tokens under the trainer's pre-update
+    policy; behaviour_logp_BT: (B, T) the inference engine's log-probs of the same tokens;
+    mask_BT: (B, T) 1 on response tokens. Returns (w_BT float32 without gradient, stats over
+    masked tokens: tis_weight_mean, tis_clip_fraction = share of tokens capped,
+    tis_logp_gap = mean |old_logp − behaviour_logp|).
+    """
+    for name, t in (("old_logp_BT", old_logp_BT), ("behaviour_logp_BT", behaviour_logp_BT)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(mask_BT.shape):
+            raise ValueError(f"{name} must be a tensor of the shape of mask_BT")
+    tis_cap = check_scalar(tis_cap, "tis_cap", lo=0.0, lo_open=True)
+    mask = mask_BT.to(torch.bool)
+    with torch.no_grad():
+        zero = torch.zeros((), dtype=torch.float32, device=old_logp_BT.device)
+        gap_BT = torch.where(mask, old_logp_BT.float() - behaviour_logp_BT.float(), zero)
+        raw_BT = torch.exp(gap_BT)
+        w_BT = torch.where(mask, torch.clamp(raw_BT, max=tis_cap), zero)
+        n = int(mask.sum())
+        if n == 0:
+            return w_BT, {"tis_weight_mean": 0.0, "tis_clip_fraction": 0.0, "tis_logp_gap": 0.0}
+        stats = {
+            "tis_weight_mean": float(w_BT[mask].mean()),
+            "tis_clip_fraction": float((raw_BT[mask] > tis_cap).float().mean()),
+            "tis_logp_gap": float(gap_BT[mask].abs().mean()),
+        }
+    return w_BT, stats

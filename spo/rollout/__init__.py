@@ -1,14 +1,24 @@
 """Rollout engines: turn prompt token ids into sampled completions with behaviour log-probs.
 
-Every engine implements `RolloutEngine` (one method), so the trainer does not care whether
-completions come from Hugging Face on CPU/GPU (`spo.rollout.hf.HFEngine`) or, later, vLLM.
+Every engine implements `RolloutEngine`, so the trainer does not care whether completions
+come from Hugging Face on CPU/GPU (`spo.rollout.hf.HFEngine`), vLLM on a GPU
+(`spo.rollout.vllm_engine.VLLMEngine`), shards of either in turn (`ShardedEngine`) or Ray
+actors holding copies of the policy (`spo.rollout.ray_engine.RayEngine`).
+`spo.rollout.factory.make_engine` maps the config (`rollout.engine`, `cluster.*`) to one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
+from torch import Tensor, nn
+
 from spo.rollout.batch import PackedBatch, Rollouts, pack
+
+
+class EngineError(ValueError):
+    """An engine that cannot run here (missing package, no GPU); one line for the user."""
 
 
 class RolloutEngine(Protocol):
@@ -16,5 +26,10 @@ class RolloutEngine(Protocol):
         """One completion per prompt, deterministic given (weights, prompt_ids, seed)."""
         ...
 
+    def sync_weights(self, policy: nn.Module | Mapping[str, Tensor]) -> None:
+        """Make the engine sample from `policy` (the trainer's model, or its
+        `spo.rollout.weights.policy_weights`); called after every optimizer update."""
+        ...
 
-__all__ = ["PackedBatch", "RolloutEngine", "Rollouts", "pack"]
+
+__all__ = ["EngineError", "PackedBatch", "RolloutEngine", "Rollouts", "pack"]

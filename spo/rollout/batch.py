@@ -134,3 +134,13 @@ def pack(
         pad_id=pad_id,
         padding_side=padding_side,
     )
+
+
+def pad_logp(logp: list[Tensor], T: int) -> Tensor:
+    """Per-completion log-probs as a (B, T) float32 tensor laid out like `completion_ids_BT`
+    (right-padded with 0; longer rows are cut at T)."""
+    out_BT = torch.zeros((len(logp), T), dtype=torch.float32)
+    for b, lp in enumerate(logp):
+        n = min(len(lp), T)
+        out_BT[b, :n] = lp[:n].float()
+    return out_BT

@@ -63,6 +63,16 @@ class HFEngine:
             self.pad_id = tokenizer.eos_token_id
         self.eos_ids = _eos_ids(model, tokenizer)
 
+    def sync_weights(self, policy) -> None:
+        """No-op for the trainer's own model (shared); else load its `policy_weights`."""
+        if policy is self.model:
+            return
+        from spo.rollout.weights import load_policy_weights, policy_weights
+
+        weights = policy_weights(policy) if isinstance(policy, torch.nn.Module) else policy
+        with torch.no_grad():
+            load_policy_weights(self.model, weights)
+
     def generate(self, prompt_ids: list[list[int]], *, seed: int) -> Rollouts:
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device)

@@ -27,6 +27,8 @@ SUPPORTED = ("llama", "qwen2", "qwen3")
 
 def unsupported_reason(model) -> str | None:
     """None if `LlamaDecoder` can run `model`, else why not (the engine then falls back)."""
+    if hasattr(model, "peft_config"):
+        return "LoRA adapters (peft) are applied by the model's own forward"
     config = model.config
     if config.model_type not in SUPPORTED:
         return f"model_type {config.model_type!r} is not one of {SUPPORTED}"

@@ -32,6 +32,25 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
 
 
 @dataclass
+class LoraConfig:
+    r: int = _f(0, "LoRA rank (0 = off: full fine-tuning); peft adapters, only they train")
+    alpha: float = _f(16.0, "LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = _f(0.0, "dropout on the LoRA input")
+    target_modules: list[str] = field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        metadata={"help": "module names that get adapters", "choices": None},
+    )
+
+
+@dataclass
 class ModelConfig:
     path: str = _f(
         "embedded:smollm2-135m-instruct",
@@ -43,6 +62,7 @@ class ModelConfig:
         "weights are kept by the optimizer)",
         ("bfloat16", "float32"),
     )
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -73,12 +93,28 @@ class TaskConfig:
 
 
 @dataclass
+class VLLMConfig:
+    gpu_memory_utilization: float = _f(
+        0.5, "share of GPU memory vLLM may take (the trainer shares the GPU)"
+    )
+    tensor_parallel_size: int = _f(1, "GPUs one vLLM engine spans")
+    max_model_len: int | None = _f(None, "context length vLLM reserves (null = the model's)")
+    enforce_eager: bool = _f(False, "disable CUDA graphs (faster start, slower decode)")
+
+
+@dataclass
 class RolloutConfig:
-    engine: str = _f("hf", "rollout engine", ("hf",))
+    engine: str = _f(
+        "hf",
+        "rollout engine: hf = Hugging Face in this process (CPU/GPU); vllm = vLLM on GPU "
+        "(pip install 'spo-rl[vllm]')",
+        ("hf", "vllm"),
+    )
     max_new_tokens: int = _f(24, "maximum generated tokens per response")
     temperature: float = _f(1.0, "sampling temperature (0 = greedy)")
     top_p: float = _f(1.0, "nucleus sampling threshold")
     batch_size: int = _f(64, "sequences generated together")
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 @dataclass
@@ -131,6 +167,11 @@ class LossConfig:
         "loss aggregation",
         ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
     )
+    tis_cap: float | None = _f(
+        None,
+        "truncated importance sampling cap C: weight tokens by min(exp(old_logp - "
+        "behaviour_logp), C) against engine/trainer mismatch (null or 0 = off; vLLM: ~2)",
+    )
 
 
 @dataclass
@@ -140,6 +181,26 @@ class OptimConfig:
     max_grad_norm: float | None = _f(1.0, "gradient clipping (null = off)")
     updates_per_step: int = _f(1, "optimizer updates (mini-batches) per rollout batch")
     micro_batch_size: int = _f(16, "sequences per forward/backward (gradient accumulation)")
+
+
+@dataclass
+class ClusterConfig:
+    mode: str = _f(
+        "local",
+        "local = everything in this process; ray = rollout workers as Ray actors "
+        "(shorthand: cluster=ray)",
+        ("local", "ray"),
+    )
+    rollout_workers: int = _f(
+        1,
+        "rollout shards per step (Ray: one actor each); local mode generates the same "
+        "shards in turn, so results do not depend on the mode",
+    )
+    address: str | None = _f(
+        None, "Ray cluster to join ('auto' = the one `ray start` runs; null = start one here)"
+    )
+    cpus_per_worker: float = _f(1.0, "CPUs reserved per rollout actor")
+    gpus_per_worker: float = _f(0.0, "GPUs reserved per rollout actor (vLLM: 1)")
 
 
 @dataclass
@@ -179,6 +240,7 @@ class TrainConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -202,6 +264,8 @@ def load_config(
                 raise ConfigError(f"config file {config_path!r} not found")
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
         for item in overrides or []:
+            if item.startswith("cluster=") and "." not in item.split("=", 1)[1]:
+                item = f"cluster.mode={item.split('=', 1)[1]}"  # `cluster=ray` shorthand
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not key=value (e.g. algo=grpo)")
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
@@ -238,6 +302,8 @@ def validate(cfg: TrainConfig) -> None:
         "checkpoint_every",
         "keep_checkpoints",
         "task.test_size",
+        "cluster.rollout_workers",
+        "rollout.vllm.tensor_parallel_size",
     ]
     values = {k: v for k, _, v in _walk(cfg)}
     for key in positive:
@@ -272,6 +338,16 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.loss.tis_cap is not None and cfg.loss.tis_cap < 0:
+        raise ConfigError(f"loss.tis_cap must be > 0 (or 0/null = off), got {cfg.loss.tis_cap}")
+    lora = cfg.model.lora
+    if lora.r < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1 or not lora.target_modules:
+        raise ConfigError(
+            "model.lora needs r >= 0 (0 = off), alpha > 0, 0 <= dropout < 1 and "
+            "at least one target module"
+        )
+    if cfg.cluster.cpus_per_worker < 0 or cfg.cluster.gpus_per_worker < 0:
+        raise ConfigError("cluster.cpus_per_worker and cluster.gpus_per_worker must be >= 0")
     if cfg.reward.timeout <= 0 or cfg.reward.workers < 0:
         raise ConfigError("reward.timeout must be > 0 and reward.workers >= 0")
 

@@ -41,13 +41,15 @@ from spo.algo import (
     replay_divergence,
     rho_from_divergence,
     small_advantage_fraction,
+    tis_weight,
 )
 from spo.diagnostics import write_diagnostics
 from spo.logprobs import completion_logp
 from spo.models import load_policy
 from spo.rewards import RewardPool
-from spo.rollout.batch import pack
-from spo.rollout.hf import HFEngine
+from spo.rollout.batch import pack, pad_logp
+from spo.rollout.factory import make_engine
+from spo.rollout.weights import is_peft
 from spo.tasks import load_task
 from spo.train import checkpoint as ckpt
 from spo.train.config import TrainConfig, to_dict, to_yaml
@@ -111,15 +113,17 @@ class Trainer:
 
         model_source = str(resume_from) if resume_from else cfg.model.path
         self.model, self.tokenizer = load_policy(model_source, dtype=cfg.model.dtype)
+        if cfg.model.lora.r and not is_peft(self.model):  # a resumed LoRA run loads its adapter
+            from spo.lora import apply_lora
+
+            self.model = apply_lora(self.model, cfg.model.lora, seed=cfg.seed)
         self.prompt_tokens = self._encode([ex.prompt for ex in self.train_examples])
-        r = cfg.rollout
-        self.engine = HFEngine(
+        self.engine = make_engine(
+            cfg,
             self.model,
             self.tokenizer,
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            batch_size=r.batch_size,
+            model_path=cfg.model.path,
+            lora_dir=str(self.run_dir / "engine-lora"),
         )
         self.rewards = RewardPool(
             self.task.verifier, timeout=cfg.reward.timeout, workers=cfg.reward.workers
@@ -153,6 +157,7 @@ class Trainer:
             self._load_state(resume_from)
         elif t.init == "offline":
             self._init_offline(t.offline_path)
+        self.engine.sync_weights(self.model)  # engines holding their own copy start equal
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         metrics_path = self.run_dir / "metrics.jsonl"
@@ -308,7 +313,8 @@ class Trainer:
         batch = pack(
             rollouts.prompt_ids, rollouts.completion_ids, pad_id=self.tokenizer.pad_token_id
         )
-        train_stats, old_logp_BT = self._update(batch, adv_B)
+        train_stats, old_logp_BT = self._update(batch, adv_B, rollouts)
+        self.engine.sync_weights(self.model)
         t_train = time.perf_counter()
 
         rho, rho_stats = self._forgetting(ids_B, batch, rollouts, old_logp_BT)
@@ -331,9 +337,12 @@ class Trainer:
             (t_start, t_gen, t_score, t_train, t_end),
         )
 
-    def _update(self, batch, adv_B: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    def _update(
+        self, batch, adv_B: torch.Tensor, rollouts
+    ) -> tuple[dict[str, float], torch.Tensor]:
         """PPO-clip updates over `updates_per_step` mini-batches; returns stats and the
-        pre-update log-probs (needed by the drift/replay estimators)."""
+        pre-update log-probs (needed by the drift/replay estimators). With loss.tis_cap,
+        tokens are weighted by the truncated ratio of trainer to engine log-probs."""
         cfg = self.cfg
         B = adv_B.shape[0]
         n_updates = cfg.optim.updates_per_step
@@ -342,6 +351,7 @@ class Trainer:
         temperature = cfg.rollout.temperature or 1.0
         mask_BT = batch.completion_mask_BT
         old_logp_BT = torch.zeros(mask_BT.shape, dtype=torch.float32)
+        behaviour_BT = pad_logp(rollouts.logp, mask_BT.shape[1]) if cfg.loss.tis_cap else None
         if n_updates > 1:  # later mini-batches need log-probs of the policy before the step
             with torch.no_grad():
                 for idx in batch.micro_batches(0, B, micro):
@@ -366,6 +376,14 @@ class Trainer:
                 if n_updates == 1:  # on-policy: the pre-update log-probs are these, detached
                     old_logp_BT[idx, :T] = logp_bt.detach()
                 old_bt = old_logp_BT[idx, :T]
+                weight_bt, tis_stats = None, {}
+                if behaviour_BT is not None:
+                    weight_bt, tis_stats = tis_weight(
+                        old_bt,
+                        behaviour_BT[idx, :T],
+                        sub.completion_mask_BT,
+                        tis_cap=cfg.loss.tis_cap,
+                    )
                 loss, stats = ppo_clip_loss(
                     logp_bt,
                     old_bt,
@@ -376,10 +394,11 @@ class Trainer:
                     dual_clip=cfg.loss.dual_clip,
                     agg=cfg.loss.agg,
                     normalizer=max(normalizer, 1.0),
+                    weight_BT=weight_bt,
                 )
                 loss.backward()
                 loss_total += float(loss.detach())
-                for key, value in stats.items():
+                for key, value in {**stats, **tis_stats}.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * len(idx)
             grad_norms.append(self.optimizer.step())
             losses.append(loss_total)
@@ -546,5 +565,7 @@ class Trainer:
         return last
 
     def close(self) -> None:
+        if hasattr(self.engine, "close"):
+            self.engine.close()
         self.rewards.close()
         self.logger.close()
