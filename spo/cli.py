@@ -153,7 +153,7 @@ def cmd_init_values(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise SystemExit("spo: error: --samples must be >= 1")
     task = load_task(**_task_kwargs(cfg))
-    model, tokenizer = load_policy(cfg.model.path, dtype=cfg.model.dtype)
+    model, tokenizer = load_policy(cfg.model.path, dtype=cfg.model.dtype, device=cfg.model.device)
     examples = task.train
     prompts = encode_prompts(
         tokenizer, [ex.prompt for ex in examples], system_prompt=cfg.task.system_prompt

@@ -527,7 +527,9 @@ def run(args: argparse.Namespace) -> int:
     with RewardPool(task.verifier, timeout=cfg.reward.timeout, workers=cfg.reward.workers) as pool:
         for item in todo:
             t0 = time.perf_counter()
-            model, tokenizer = load_policy(item["path"], dtype=cfg.model.dtype)
+            model, tokenizer = load_policy(
+                item["path"], dtype=cfg.model.dtype, device=cfg.model.device
+            )
             metrics = evaluate_examples(
                 model,
                 tokenizer,

@@ -101,8 +101,36 @@ def resolve_model_path(name_or_path: str) -> Path:
     return path
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """ "auto" -> cuda when available, else cpu; refuses a CUDA device that is not there."""
+    name = "cuda" if device == "auto" and torch.cuda.is_available() else device
+    name = "cpu" if name == "auto" else name
+    try:
+        resolved = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ModelError(
+            f"model.device {device!r} is not a device: use auto, cpu, cuda or cuda:N"
+        ) from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(
+                f"model.device={device} but CUDA is not available: use model.device=cpu"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ModelError(
+                f"model.device={device} but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    elif resolved.type != "cpu":
+        raise ModelError(f"model.device {device!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
 def load_policy(
-    model: str, *, dtype: str = "bfloat16", attn_implementation: str | None = None
+    model: str,
+    *,
+    dtype: str = "bfloat16",
+    attn_implementation: str | None = None,
+    device: str = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local directory or the embedded default.
 
@@ -116,7 +144,8 @@ def load_policy(
     ~15% faster end to end), and eager's numerics are the ones the rollout engine's
     decoder mirrors, so behaviour and training log-probs agree to ~1e-5 instead of the
     ~0.04 nats of bf16 noise between two different attention kernels. With CUDA the
-    default stays "sdpa" (eager materialises L x L scores).
+    default stays "sdpa" (eager materialises L x L scores). `device` is resolved by
+    `resolve_device` ("auto" = cuda when available).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,13 +155,16 @@ def load_policy(
             f"model dtype {dtype!r} is not a floating-point torch dtype: "
             "use bfloat16, float16 or float32"
         )
+    target = resolve_device(device)
     path = resolve_model_path(model)
     if not (path / "config.json").is_file():  # a LoRA adapter dir (checkpoint of a LoRA run)
-        return _load_adapter(path, dtype=dtype, attn_implementation=attn_implementation)
+        return _load_adapter(
+            path, dtype=dtype, attn_implementation=attn_implementation, device=str(target)
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if attn_implementation is None:
-            attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
+            attn_implementation = "sdpa" if target.type == "cuda" else "eager"
         policy = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, attn_implementation=attn_implementation
         )
@@ -144,12 +176,13 @@ def load_policy(
             raise ModelError(f"the tokenizer in {str(path)!r} has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    policy.to(target)
     policy.eval()
     return policy, tokenizer
 
 
 def _load_adapter(
-    path: Path, *, dtype: str, attn_implementation: str | None
+    path: Path, *, dtype: str, attn_implementation: str | None, device: str
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A peft LoRA adapter directory on top of the base model its config names."""
     import json
@@ -163,7 +196,9 @@ def _load_adapter(
     )
     if not base_path:
         raise ModelError(f"{str(path)!r}: adapter_config.json names no base model")
-    base, tokenizer = load_policy(base_path, dtype=dtype, attn_implementation=attn_implementation)
+    base, tokenizer = load_policy(
+        base_path, dtype=dtype, attn_implementation=attn_implementation, device=device
+    )
     if any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         from transformers import AutoTokenizer
 

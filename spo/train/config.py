@@ -62,6 +62,11 @@ class ModelConfig:
         "weights are kept by the optimizer)",
         ("bfloat16", "float32"),
     )
+    device: str = _f(
+        "auto",
+        "where the policy trains and the HF engine samples: auto (cuda if available), "
+        "cpu, cuda or cuda:N",
+    )
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

@@ -112,7 +112,9 @@ class Trainer:
         self.eval_examples = self.task.test[: cfg.eval_size]
 
         model_source = str(resume_from) if resume_from else cfg.model.path
-        self.model, self.tokenizer = load_policy(model_source, dtype=cfg.model.dtype)
+        self.model, self.tokenizer = load_policy(
+            model_source, dtype=cfg.model.dtype, device=cfg.model.device
+        )
         if cfg.model.lora.r and not is_peft(self.model):  # a resumed LoRA run loads its adapter
             from spo.lora import apply_lora
 
@@ -349,6 +351,7 @@ class Trainer:
         mb = B // n_updates
         micro = cfg.optim.micro_batch_size
         temperature = cfg.rollout.temperature or 1.0
+        dev = next(self.model.parameters()).device  # bookkeeping stays on the CPU
         mask_BT = batch.completion_mask_BT
         old_logp_BT = torch.zeros(mask_BT.shape, dtype=torch.float32)
         behaviour_BT = pad_logp(rollouts.logp, mask_BT.shape[1]) if cfg.loss.tis_cap else None
@@ -356,7 +359,7 @@ class Trainer:
             with torch.no_grad():
                 for idx in batch.micro_batches(0, B, micro):
                     lp = completion_logp(self.model, batch.select(idx), temperature=temperature)
-                    old_logp_BT[idx, : lp.shape[1]] = lp
+                    old_logp_BT[idx, : lp.shape[1]] = lp.cpu()
         self.model.train()
         sums: dict[str, float] = {}
         losses, grad_norms = [], []
@@ -374,21 +377,22 @@ class Trainer:
                 logp_bt = completion_logp(self.model, sub, temperature=temperature)
                 T = logp_bt.shape[1]
                 if n_updates == 1:  # on-policy: the pre-update log-probs are these, detached
-                    old_logp_BT[idx, :T] = logp_bt.detach()
-                old_bt = old_logp_BT[idx, :T]
+                    old_logp_BT[idx, :T] = logp_bt.detach().cpu()
+                old_bt = old_logp_BT[idx, :T].to(dev)
+                sub_mask_bt = sub.completion_mask_BT.to(dev)
                 weight_bt, tis_stats = None, {}
                 if behaviour_BT is not None:
                     weight_bt, tis_stats = tis_weight(
                         old_bt,
-                        behaviour_BT[idx, :T],
-                        sub.completion_mask_BT,
+                        behaviour_BT[idx, :T].to(dev),
+                        sub_mask_bt,
                         tis_cap=cfg.loss.tis_cap,
                     )
                 loss, stats = ppo_clip_loss(
                     logp_bt,
                     old_bt,
-                    adv_B[idx],
-                    sub.completion_mask_BT,
+                    adv_B[idx].to(dev),
+                    sub_mask_bt,
                     eps_low=cfg.loss.eps_low,
                     eps_high=cfg.loss.eps_high,
                     dual_clip=cfg.loss.dual_clip,
@@ -419,7 +423,7 @@ class Trainer:
             n = min(t.drift_sample, len(ids_B))
             sub = batch.select(torch.arange(n))
             with torch.no_grad():
-                new = completion_logp(self.model, sub, temperature=temperature)
+                new = completion_logp(self.model, sub, temperature=temperature).cpu()
             step_drift = float(
                 policy_drift(new, old_logp_BT[:n, : new.shape[1]], sub.completion_mask_BT)
             )
@@ -438,12 +442,12 @@ class Trainer:
                     [s[0].tolist() for s in stored],
                     pad_id=self.tokenizer.pad_token_id,
                 )
-                new = completion_logp(self.model, old, temperature=temperature)
+                new = completion_logp(self.model, old, temperature=temperature).cpu()
                 stored_BT = torch.zeros_like(new)
                 for row, (_, lp) in enumerate(stored):
                     stored_BT[row, : len(lp)] = torch.from_numpy(lp)
                 d_B[known] = replay_divergence(new, stored_BT, old.completion_mask_BT).numpy()
-            after = completion_logp(self.model, batch, temperature=temperature)
+            after = completion_logp(self.model, batch, temperature=temperature).cpu()
         lengths = batch.completion_mask_BT.sum(1).tolist()
         for row, pid in enumerate(ids_B):
             n_tok = int(lengths[row])
