@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_trainer
 import torch
-from test_trainer import params_of, task_files, tiny_overrides  # noqa: F401 (fixture)
+from test_trainer import params_of, tiny_overrides
 
 import spo.train.trainer as trainer_module
 from spo.logprobs import completion_logp
 from spo.rollout.batch import Rollouts, pack
 from spo.train.config import load_config
 from spo.train.trainer import Trainer
+
+task_files = test_trainer.task_files  # the fixture, shared
 
 ASYNC = {
     "rollout.mode": "async",
@@ -50,8 +53,6 @@ def test_async_spo_trains_and_updates_tracker_once_per_sample(tiny_model_dir, ta
         np.testing.assert_allclose(counts, acc["trained"], atol=1e-5)
         after = params_of(trainer.model)
         assert any(not torch.equal(before[k], after[k]) for k in before)
-        last = trainer.logger  # metrics went through the logger: read the file back
-        del last
         lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
         assert '"rollout/engine_idle_fraction"' in lines[-1]
     finally:
@@ -76,7 +77,9 @@ def test_async_grpo_admits_whole_groups(tiny_model_dir, task_files, tmp_path, mo
         for fb in seen:
             assert len(fb.samples) == 8
             for g in range(2):  # two complete groups of 4, one prompt each
-                members = [s for s, gid in zip(fb.samples, fb.group_id_B.tolist()) if gid == g]
+                members = [
+                    s for s, gid in zip(fb.samples, fb.group_id_B.tolist(), strict=True) if gid == g
+                ]
                 assert len(members) == 4 and len({s.prompt for s in members}) == 1
                 assert len({s.group for s in members}) == 1
         check_accounting(trainer)
@@ -97,7 +100,7 @@ def test_resume_keeps_in_flight_samples(tiny_model_dir, task_files, tmp_path):
             trainer.close()
 
     straight, acc_a = run(tmp_path / "a", 4)
-    first, acc_first = run(tmp_path / "b", 2)
+    _, acc_first = run(tmp_path / "b", 2)
     assert acc_first["in_flight"].sum() > 0  # the checkpoint really held in-flight samples
     resumed, acc_b = run(tmp_path / "b", 4, resume=True)
     for key in acc_a:
@@ -144,7 +147,7 @@ def test_stale_samples_train_against_behaviour_logp(
     micro = trainer.cfg.optim.micro_batch_size
     for step, fb in enumerate(batches):
         for row, is_stale in enumerate(fb.stale_B.tolist()):
-            logp, old, mask = captured[step * 2 + row // micro]  # 6 rows = 2 micro-batches
+            logp, old, _ = captured[step * 2 + row // micro]  # 6 rows = 2 micro-batches
             r = row % micro
             n = len(fb.rollouts.logp[row])
             if is_stale:
