@@ -8,6 +8,11 @@ its completion starts at column `completion_start_B[b]`; the hidden state at col
 `completion_start_B[b] + t - 1` predicts completion token t. Sequences are right-padded by
 default (training needs no attention mask then: causal attention never looks ahead into
 the padding); left padding exists to test that the result does not depend on it.
+
+Multi-turn (tool-integrated) completions interleave generated turns with tool messages:
+`pack(..., loss_mask=...)` takes a 0/1 mask per completion token and stores it as
+`completion_mask_BT`, so tool-output tokens (and the chat-template tokens around them) sit
+in the sequence as context but are never scored: no log-prob, no loss, no gradient.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class PackedBatch:
     attention_mask_BL: Tensor  # (B, L) int64, 1 on sequence tokens
     position_ids_BL: Tensor  # (B, L) int64, 0.. along each sequence, 0 on padding
     completion_ids_BT: Tensor  # (B, T) int64, pad_id past each completion
-    completion_mask_BT: Tensor  # (B, T) float32, 1 for real completion tokens
+    completion_mask_BT: Tensor  # (B, T) float32, 1 for generated (trainable) completion tokens
     completion_start_B: Tensor  # (B,) int64, column of each completion's first token
     seq_start_B: Tensor  # (B,) int64, column of each sequence's first token
     seq_len_B: Tensor  # (B,) int64, prompt + completion length
@@ -70,7 +75,7 @@ class PackedBatch:
         seq_end = seq_start + self.seq_len_B[idx]
         lo = int(seq_start.min()) if len(idx) else 0
         hi = int(seq_end.max()) if len(idx) else 0
-        T = int(self.completion_mask_BT[idx].sum(1).max()) if len(idx) else 0
+        T = _last_scored(self.completion_mask_BT[idx]) if len(idx) else 0
         return PackedBatch(
             input_ids_BL=self.input_ids_BL[idx, lo:hi],
             attention_mask_BL=self.attention_mask_BL[idx, lo:hi],
@@ -85,18 +90,31 @@ class PackedBatch:
         )
 
 
+def _last_scored(mask_BT: Tensor) -> int:
+    """1 + the last column any row scores (a tool mask has holes: not the row sums)."""
+    cols = mask_BT.any(0).nonzero()
+    return int(cols[-1]) + 1 if len(cols) else 0
+
+
 def pack(
     prompt_ids: list[list[int]],
     completion_ids: list[list[int]],
     *,
     pad_id: int,
     padding_side: str = "right",
+    loss_mask: list[list[float]] | None = None,
 ) -> PackedBatch:
-    """Pad prompt + completion pairs into one batch (right padding unless asked otherwise)."""
+    """Pad prompt + completion pairs into one batch (right padding unless asked otherwise).
+
+    loss_mask: optional 0/1 per completion token (0 = tool output / template: context only);
+    None = every completion token is generated and trained on.
+    """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(
             f"pack got {len(prompt_ids)} prompts but {len(completion_ids)} completions"
         )
+    if loss_mask is not None and [len(m) for m in loss_mask] != [len(c) for c in completion_ids]:
+        raise ValueError("pack needs loss_mask to hold one entry per completion token")
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
     if any(len(p) == 0 for p in prompt_ids):
@@ -119,7 +137,9 @@ def pack(
         attention_mask_BL[b, start : start + n] = 1
         position_ids_BL[b, start : start + n] = torch.arange(n)
         completion_ids_BT[b, : len(c)] = torch.tensor(list(c), dtype=torch.long)
-        completion_mask_BT[b, : len(c)] = 1.0
+        completion_mask_BT[b, : len(c)] = (
+            1.0 if loss_mask is None else torch.tensor(loss_mask[b], dtype=torch.float32)
+        )
         seq_start_B[b] = start
         completion_start_B[b] = start + len(p)
     return PackedBatch(

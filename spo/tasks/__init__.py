@@ -10,6 +10,8 @@ runs in worker processes — so every verifier is picklable: a module-level func
 - `arithmetic` — built in, procedural and seeded, with a spread of difficulty levels
   (`spo.tasks.arithmetic`, calibrated for the embedded SmolLM2-135M-Instruct; see
   docs/tasks.md).
+- `arithmetic_tool` — built in: multi-digit arithmetic with a system prompt that explains
+  the ```python tool, for multi-turn tool-integrated rollouts (`spo.tasks.arithmetic_tool`).
 - `reasoning_gym:<dataset>` — any reasoning-gym dataset, scored by its own
   `score_answer` (`spo.tasks.gym`).
 - a path to a `.jsonl` / `.json` / `.parquet` / `.csv` file or a `datasets.save_to_disk`
@@ -66,6 +68,7 @@ class Task:
     test: list[Example]
     verifier: Verifier
     extractor: Extractor
+    system_prompt: str | None = None  # the task's own, used when the config sets none
 
     def extract_answer(self, completion: str) -> str | None:
         """The final answer of `completion` (None = extraction failed); maj@k votes on it."""
@@ -78,11 +81,11 @@ def content_id(prompt: str, answer: str) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
-BUILTIN_TASKS = ("arithmetic",)
+BUILTIN_TASKS = ("arithmetic", "arithmetic_tool")
 GYM_PREFIX = "reasoning_gym:"
 VALID_NAMES = (
-    "arithmetic, reasoning_gym:<dataset> (e.g. reasoning_gym:leg_counting), or a path to a "
-    ".jsonl/.json/.parquet/.csv file or a datasets.save_to_disk directory"
+    "arithmetic, arithmetic_tool, reasoning_gym:<dataset> (e.g. reasoning_gym:leg_counting), "
+    "or a path to a .jsonl/.json/.parquet/.csv file or a datasets.save_to_disk directory"
 )
 DEFAULT_PROCEDURAL_TRAIN_SIZE = 1000
 """Procedural tasks have no "all": train_size=None means this many prompts."""
@@ -128,6 +131,15 @@ def load_task(
             test_size=test_size,
             seed=seed,
             difficulty=difficulty,
+        )
+    if name == "arithmetic_tool":
+        from spo.tasks.arithmetic_tool import load_arithmetic_tool
+
+        _reject(name, test_path=test_path, reward_fn=reward_fn, difficulty=difficulty)
+        return load_arithmetic_tool(
+            train_size=train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
+            test_size=test_size,
+            seed=seed,
         )
     if name.startswith(GYM_PREFIX):
         from spo.tasks.gym import load_gym

@@ -119,6 +119,30 @@ class RolloutConfig:
     temperature: float = _f(1.0, "sampling temperature (0 = greedy)")
     top_p: float = _f(1.0, "nucleus sampling threshold")
     batch_size: int = _f(64, "sequences generated together")
+    mode: str = _f(
+        "sync",
+        "sync = generate each step's batch and wait for all of it; async = keep a pool of "
+        "samples in flight and train on the first that finish (docs/async.md)",
+        ("sync", "async"),
+    )
+    in_flight: int | None = _f(
+        None, "async: samples kept in flight, finished-untrained included (null = 2 x step)"
+    )
+    max_staleness: int = _f(
+        1, "async: policy updates a sample may lag behind before `staleness` applies"
+    )
+    staleness: str = _f(
+        "reweight",
+        "samples staler than max_staleness: drop (re-issue the prompt) or reweight "
+        "(PPO ratio against the stored behaviour log-probs)",
+        ("drop", "reweight"),
+    )
+    max_turns: int = _f(
+        1, "model turns per episode; > 1 runs ```python blocks in the sandbox (paper: 8)"
+    )
+    tool_timeout: float = _f(5.0, "wall-clock seconds per sandboxed tool call")
+    tool_workers: int = _f(4, "tool calls run concurrently (threads driving sandbox processes)")
+    tool_role: str = _f("tool", "chat role of tool messages (some templates want user)")
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
@@ -302,6 +326,9 @@ def validate(cfg: TrainConfig) -> None:
         "group_size",
         "rollout.max_new_tokens",
         "rollout.batch_size",
+        "rollout.max_turns",
+        "rollout.tool_timeout",
+        "rollout.tool_workers",
         "optim.updates_per_step",
         "optim.micro_batch_size",
         "checkpoint_every",
@@ -341,6 +368,16 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.rollout.temperature < 0 or not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError("rollout.temperature must be >= 0 and rollout.top_p in (0, 1]")
+    r = cfg.rollout
+    if r.max_staleness < 0 or (r.in_flight is not None and r.in_flight < cfg.samples_per_step):
+        raise ConfigError(
+            "rollout.max_staleness must be >= 0 and rollout.in_flight >= samples_per_step"
+        )
+    if r.max_turns > 1 and t.rho == "replay":
+        raise ConfigError(
+            "tracker.rho=replay stores single-turn responses; use tracker.rho=drift or "
+            "constant with rollout.max_turns > 1"
+        )
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.loss.tis_cap is not None and cfg.loss.tis_cap < 0:

@@ -16,6 +16,11 @@ advantage function and sampler mode. Fairness is structural: every algorithm gen
 Resume is lossless: generation is seeded from (seed, step), the sampler RNG, tracker, drift
 state, replay store, optimizer (fp32 masters) and counters are checkpointed, so N straight
 steps and k steps + resume to N draw the same prompts and give the same tracker state.
+
+With `rollout.mode=async` or multi-turn tool use (`rollout.max_turns > 1`) the first two
+lines of the step become `batch = scheduler.next_batch(version)`: finished samples from a
+pool kept in flight (`spo.rollout.scheduler`, docs/async.md), whose in-flight samples are
+checkpointed too. The rest of the step is the same.
 """
 
 from __future__ import annotations
@@ -49,7 +54,10 @@ from spo.models import load_policy
 from spo.rewards import RewardPool
 from spo.rollout.batch import pack, pad_logp
 from spo.rollout.factory import make_engine
+from spo.rollout.multiturn import PythonTool, ToolMessages
+from spo.rollout.scheduler import RolloutScheduler
 from spo.rollout.weights import is_peft
+from spo.sandbox import SandboxError
 from spo.tasks import load_task
 from spo.train import checkpoint as ckpt
 from spo.train.config import TrainConfig, to_dict, to_yaml
@@ -150,6 +158,7 @@ class Trainer:
         self.replay = ReplayStore()
         mode = self.algo.sampler if cfg.sampler.mode == "auto" else cfg.sampler.mode
         self.sampler = PrioritySampler(eps=cfg.sampler.eps, seed=cfg.seed, mode=mode)
+        self.scheduler = self._build_scheduler()
         self.step = 0
         self.samples_seen = 0
         self.train_seconds = 0.0
@@ -209,7 +218,57 @@ class Trainer:
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         from spo.models import encode_prompts
 
-        return encode_prompts(self.tokenizer, prompts, system_prompt=self.cfg.task.system_prompt)
+        system = self.cfg.task.system_prompt
+        if system is None:  # a task's own system prompt (e.g. how to call the tool)
+            system = self.task.system_prompt
+        return encode_prompts(self.tokenizer, prompts, system_prompt=system)
+
+    def _build_scheduler(self) -> RolloutScheduler | None:
+        """The in-flight pool for async / multi-turn rollouts; None = the synchronous path."""
+        cfg, r = self.cfg, self.cfg.rollout
+        if r.mode == "sync" and r.max_turns == 1:
+            return None
+        env = messages = None
+        if r.max_turns > 1:
+            from spo.tools import ToolRunner
+
+            try:
+                runner = ToolRunner(r.max_turns, tool_role=r.tool_role, timeout_s=r.tool_timeout)
+                messages = ToolMessages(self.tokenizer, role=r.tool_role)
+            except (SandboxError, ValueError) as e:
+                raise TrainError(f"cannot run tool calls: {e}") from None
+            env = PythonTool(runner)
+        examples = self.train_examples
+
+        def score(samples):
+            return self.rewards(
+                [s.final_text for s in samples], [examples[s.prompt] for s in samples]
+            )
+
+        def draw(k, eligible):
+            return self.sampler.draw(self.tracker.values(), k, eligible=eligible)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        return RolloutScheduler(
+            engine=self.engine,
+            prompt_tokens=self.prompt_tokens,
+            draw=draw,
+            score=score,
+            samples_per_step=cfg.samples_per_step,
+            group_size=cfg.group_size if self.algo.grouped else 1,
+            mode=r.mode,
+            in_flight=r.in_flight,
+            max_staleness=r.max_staleness,
+            staleness=r.staleness,
+            batch_size=r.batch_size,
+            max_turns=r.max_turns,
+            env=env,
+            messages=messages,
+            tool_timeout=r.tool_timeout + 30.0,  # backstop; the sandbox kills at tool_timeout
+            executor=ThreadPoolExecutor(r.tool_workers, thread_name_prefix="spo-tool"),
+            seed=lambda call: _step_seed(cfg.seed, call, 1),
+        )
 
     def _init_offline(self, path: str) -> None:
         ids = [ex.id for ex in self.train_examples]
@@ -238,6 +297,7 @@ class Trainer:
             "drift": self.drift.state_dict(),
             "replay": self.replay.state_dict(),
             "sampler": self.sampler.state_dict(),
+            **({"rollout": self.scheduler.state_dict()} if self.scheduler else {}),
         }
 
     def save_checkpoint(self) -> Path:
@@ -270,6 +330,8 @@ class Trainer:
             self.drift.load_state_dict(state["drift"])
             self.replay.load_state_dict(state.get("replay", {}))
             self.sampler.load_state_dict(state["sampler"])
+            if self.scheduler is not None and "rollout" in state:
+                self.scheduler.load_state_dict(state["rollout"])
         except (OSError, RuntimeError, ValueError, KeyError) as e:
             raise TrainError(
                 f"checkpoint {path} does not match this run "
@@ -291,16 +353,23 @@ class Trainer:
                 f"only {len(self.train_examples)}; raise task.train_size or lower "
                 "samples_per_step"
             )
-        ids = self.sampler.draw(self.tracker.values(), prompts_per_step)
+        if self.scheduler is None:  # synchronous: this step's batch, generated now
+            ids = self.sampler.draw(self.tracker.values(), prompts_per_step)
+            ids_B = np.repeat(ids, group)
+            group_id_B = torch.from_numpy(np.repeat(np.arange(prompts_per_step), group))
+            rollouts = self.engine.generate(
+                [self.prompt_tokens[i] for i in ids_B], seed=_step_seed(cfg.seed, step, 0)
+            )
+            t_gen = time.perf_counter()
+            scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in ids_B])
+            loss_mask, stale_B, rollout_stats = None, None, {}
+        else:  # the first finished samples of the in-flight pool, already scored
+            fb = self.scheduler.next_batch(self.step)
+            ids_B, group_id_B, rollouts, scored = fb.prompt_B, fb.group_id_B, fb.rollouts, fb.reward
+            ids = np.array(list(dict.fromkeys(ids_B.tolist())), dtype=np.int64)
+            loss_mask, stale_B, rollout_stats = fb.loss_mask, fb.stale_B, fb.stats
+            t_gen = time.perf_counter()
         self.last_prompt_ids = ids
-        ids_B = np.repeat(ids, group)
-        group_id_B = torch.from_numpy(np.repeat(np.arange(prompts_per_step), group))
-
-        rollouts = self.engine.generate(
-            [self.prompt_tokens[i] for i in ids_B], seed=_step_seed(cfg.seed, step, 0)
-        )
-        t_gen = time.perf_counter()
-        scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in ids_B])
         reward_B = torch.from_numpy(np.asarray(scored.reward_B, dtype=np.float32))
         t_score = time.perf_counter()
 
@@ -313,9 +382,13 @@ class Trainer:
         adv_B = ADVANTAGES[adv_name](reward_B, baseline_B=baseline_B, group_id_B=group_id_B)
 
         batch = pack(
-            rollouts.prompt_ids, rollouts.completion_ids, pad_id=self.tokenizer.pad_token_id
+            rollouts.prompt_ids,
+            rollouts.completion_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            loss_mask=loss_mask,
         )
-        train_stats, old_logp_BT = self._update(batch, adv_B, rollouts)
+        stale_B = stale_B if stale_B is not None and stale_B.any() else None
+        train_stats, old_logp_BT = self._update(batch, adv_B, rollouts, stale_B)
         self.engine.sync_weights(self.model)
         t_train = time.perf_counter()
 
@@ -335,16 +408,20 @@ class Trainer:
             scored,
             rollouts,
             train_stats,
-            rho_stats,
+            {**rho_stats, **rollout_stats},
             (t_start, t_gen, t_score, t_train, t_end),
         )
 
     def _update(
-        self, batch, adv_B: torch.Tensor, rollouts
+        self, batch, adv_B: torch.Tensor, rollouts, stale_B: torch.Tensor | None = None
     ) -> tuple[dict[str, float], torch.Tensor]:
         """PPO-clip updates over `updates_per_step` mini-batches; returns stats and the
-        pre-update log-probs (needed by the drift/replay estimators). With loss.tis_cap,
-        tokens are weighted by the truncated ratio of trainer to engine log-probs."""
+        pre-update log-probs (needed by the drift/replay estimators).
+
+        Rows marked in `stale_B` (async rollouts older than rollout.max_staleness) take
+        their stored behaviour log-probs as old_logp: the importance ratio is against the
+        policy that sampled them. With loss.tis_cap, tokens are weighted by the truncated
+        ratio of trainer to engine log-probs."""
         cfg = self.cfg
         B = adv_B.shape[0]
         n_updates = cfg.optim.updates_per_step
@@ -354,7 +431,9 @@ class Trainer:
         dev = next(self.model.parameters()).device  # bookkeeping stays on the CPU
         mask_BT = batch.completion_mask_BT
         old_logp_BT = torch.zeros(mask_BT.shape, dtype=torch.float32)
-        behaviour_BT = pad_logp(rollouts.logp, mask_BT.shape[1]) if cfg.loss.tis_cap else None
+        behaviour_BT = None
+        if cfg.loss.tis_cap or stale_B is not None:
+            behaviour_BT = pad_logp(rollouts.logp, mask_BT.shape[1])
         if n_updates > 1:  # later mini-batches need log-probs of the policy before the step
             with torch.no_grad():
                 for idx in batch.micro_batches(0, B, micro):
@@ -378,10 +457,13 @@ class Trainer:
                 T = logp_bt.shape[1]
                 if n_updates == 1:  # on-policy: the pre-update log-probs are these, detached
                     old_logp_BT[idx, :T] = logp_bt.detach().cpu()
-                old_bt = old_logp_BT[idx, :T].to(dev)
+                old_bt = old_logp_BT[idx, :T]
+                if stale_B is not None:
+                    old_bt = torch.where(stale_B[idx, None], behaviour_BT[idx, :T], old_bt)
+                old_bt = old_bt.to(dev)
                 sub_mask_bt = sub.completion_mask_BT.to(dev)
                 weight_bt, tis_stats = None, {}
-                if behaviour_BT is not None:
+                if cfg.loss.tis_cap:
                     weight_bt, tis_stats = tis_weight(
                         old_bt,
                         behaviour_BT[idx, :T].to(dev),
@@ -571,5 +653,7 @@ class Trainer:
     def close(self) -> None:
         if hasattr(self.engine, "close"):
             self.engine.close()
+        if self.scheduler is not None:
+            self.scheduler.close()
         self.rewards.close()
         self.logger.close()

@@ -204,7 +204,9 @@ def test_trainer_runs_on_the_vllm_engine_with_tis(tiny_model_dir, fake_vllm, tmp
     files = {"data": str(data), "reward": f"{tmp_path / 'reward.py'}:reward"}
     overrides = tiny_overrides(tiny_model_dir, files, tmp_path / "run", steps=2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the trainer stays on CPU
-    cfg = load_config(None, [*overrides, "rollout.engine=vllm", "loss.tis_cap=2.0"])
+    cfg = load_config(
+        None, [*overrides, "rollout.engine=vllm", "loss.tis_cap=2.0", "model.device=cpu"]
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     trainer = Trainer(cfg)
     try:

@@ -1,0 +1,193 @@
+"""Multi-turn tool-integrated rollouts, kept as token ids: the model's turns exactly as sampled.
+
+One episode (SPO paper, agentic setting; up to `max_turns` model turns, paper: 8):
+
+    prompt ─► model turn (text + ```python block) ─► tool message ─► model turn ─► … ─► answer
+
+A `Sample` holds the episode as one token sequence: `prompt_ids`, then `completion_ids`,
+which interleave the generated turns with tool messages. `loss_mask` is 1 on generated
+tokens and 0 on tool messages (the tool's output and the chat-template tokens around it),
+`logp` is the behaviour log-prob of each generated token (0 under mask 0), and
+`turn_versions` records the policy version that sampled each model turn (the async
+scheduler's staleness).
+
+No re-tokenisation: a model turn's ids are appended as the engine returned them; the next
+turn is decoded from `prompt_ids + completion_ids`, and the tool message is appended as
+ids built once from the chat template (`ToolMessages`). So the training forward pass sees
+exactly the sequence the rollout engine saw, and `spo.logprobs.completion_logp` on
+`pack(..., loss_mask=sample.loss_mask)` scores exactly the generated ids.
+
+A turn ends at eos or `max_new_tokens`; the engine does not stop at the end of a code
+block (a model that keeps writing after its block has its last block run: `extract_code`).
+
+What a "tool call" is, and what running it returns, is a `ToolEnv`: `PythonTool` runs the
+turn's last ```python block in the sandbox (`spo.tools.ToolRunner`); benchmarks plug in
+their own (e.g. a tool that only sleeps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from spo.rollout.batch import Rollouts
+from spo.tools import ToolRunner, extract_code, format_tool_output
+
+
+@dataclass
+class Sample:
+    """One (prompt, multi-turn response) episode; see the module docstring.
+
+    uid: issue number, unique in a run. prompt: index of the training prompt. group: uid of
+    the group it belongs to (its own uid for single-stream samples).
+    pending: the tool call being run (None: ready to decode, or finished).
+    stop_reason: None while in flight; "answer" (a turn without a tool call that ended
+    with eos), "length" (a turn cut at max_new_tokens without a tool call), "max_turns".
+    ended: the last model turn ended with eos.
+    """
+
+    uid: int
+    prompt: int
+    group: int
+    prompt_ids: list[int]
+    completion_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    logp: list[float] = field(default_factory=list)
+    turn_versions: list[int] = field(default_factory=list)
+    turn_texts: list[str] = field(default_factory=list)
+    tool_calls: int = 0
+    pending: str | None = None
+    ended: bool = False
+    stop_reason: str | None = None
+    reward: float | None = None
+    finish_seq: int = -1  # order of finishing (admission order)
+
+    def context(self) -> list[int]:
+        """Every token so far: what the next model turn is decoded from."""
+        return self.prompt_ids + self.completion_ids
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+    @property
+    def ready(self) -> bool:
+        """Waiting for the decoder (not on a tool, not finished)."""
+        return self.pending is None and self.stop_reason is None
+
+    @property
+    def final_text(self) -> str:
+        """The last model turn: where the verifier looks for the answer."""
+        return self.turn_texts[-1] if self.turn_texts else ""
+
+    def staleness(self, version: int) -> int:
+        """Policy updates since its oldest model turn was sampled (0: none decoded yet)."""
+        return version - min(self.turn_versions) if self.turn_versions else 0
+
+    def to_state(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> Sample:
+        return cls(**state)
+
+
+class ToolEnv(Protocol):
+    def call(self, sample: Sample, text: str) -> str | None:
+        """The tool call in model turn `text` (e.g. its code), or None when it answers."""
+        ...
+
+    def run(self, call: str) -> str:
+        """Execute one call and return the tool message text (runs in a worker thread)."""
+        ...
+
+
+class PythonTool:
+    """The ```python tool: the last fenced block of a turn, run in the sandbox."""
+
+    def __init__(self, runner: ToolRunner):
+        self.runner = runner
+
+    def call(self, sample: Sample, text: str) -> str | None:
+        return extract_code(text)
+
+    def run(self, call: str) -> str:
+        return format_tool_output(self.runner.execute(call), self.runner.max_output_chars)
+
+
+class ToolMessages:
+    """Token ids of a tool message, built from the chat template once (no model text in it).
+
+    The template renders [user, assistant "A"] and [user, assistant "A", tool SENTINEL] +
+    generation prompt; what the second adds after the first, split at the sentinel, wraps
+    every tool output. The model's turn ended with its own eos token id; the template text
+    after that eos (e.g. "\\n") comes first. A turn cut off without eos gets the eos first.
+    """
+
+    _SENTINEL = "\x00TOOL-OUTPUT\x00"
+
+    def __init__(self, tokenizer, *, role: str = "tool"):
+        self.tokenizer = tokenizer
+        eos = tokenizer.eos_token
+        if not eos:
+            raise ValueError("the tokenizer names no eos token; tool messages need one")
+        chat = [{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
+        base = tokenizer.apply_chat_template(chat, tokenize=False)
+        full = tokenizer.apply_chat_template(
+            [*chat, {"role": role, "content": self._SENTINEL}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        if not full.startswith(base) or self._SENTINEL not in full:
+            raise ValueError(
+                f"the chat template re-renders earlier turns or drops role {role!r}; "
+                "multi-turn rollouts need an append-only template (try rollout.tool_role=user)"
+            )
+        end = base.rfind(eos)
+        if end < 0:
+            raise ValueError(f"the chat template does not end assistant turns with {eos!r}")
+        self.eos = eos
+        trailer = base[end + len(eos) :]
+        self.before, self.after = full[len(base) :].split(self._SENTINEL)
+        self.before = trailer + self.before
+
+    def ids(self, output: str, *, ended: bool) -> list[int]:
+        text = ("" if ended else self.eos) + self.before + output + self.after
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def apply_turns(
+    samples: list[Sample], rollouts: Rollouts, *, version: int, env: ToolEnv | None, max_turns: int
+) -> None:
+    """Append one decoded model turn to each sample; set `pending` or `stop_reason`."""
+    for s, ids, lp, ended, text in zip(
+        samples,
+        rollouts.completion_ids,
+        rollouts.logp,
+        rollouts.finished,
+        rollouts.texts,
+        strict=True,
+    ):
+        s.completion_ids += list(ids)
+        s.loss_mask += [1] * len(ids)
+        s.logp += [float(x) for x in lp.tolist()]
+        s.turn_versions.append(int(version))
+        s.turn_texts.append(text)
+        s.ended = bool(ended)
+        call = env.call(s, text) if env is not None else None
+        if call is None:
+            s.stop_reason = "answer" if ended else "length"
+        elif len(s.turn_versions) >= max_turns:
+            s.stop_reason = "max_turns"  # nobody would read this call's output
+        else:
+            s.pending = call
+
+
+def apply_tool(sample: Sample, output: str, messages: ToolMessages) -> None:
+    """Append a tool message as context: loss mask 0, no behaviour log-prob."""
+    ids = messages.ids(output, ended=sample.ended)
+    sample.completion_ids += ids
+    sample.loss_mask += [0] * len(ids)
+    sample.logp += [0.0] * len(ids)
+    sample.tool_calls += 1
+    sample.pending = None

@@ -1,0 +1,299 @@
+"""The trainer with the rollout scheduler: async SPO / GRPO, staleness, multi-turn tools,
+exactly-once tracker updates and lossless resume of in-flight samples (tiny random Llama)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import test_trainer
+import torch
+from test_trainer import params_of, tiny_overrides
+
+import spo.train.trainer as trainer_module
+from spo.logprobs import completion_logp
+from spo.rollout.batch import Rollouts, pack
+from spo.train.config import load_config
+from spo.train.trainer import Trainer
+
+task_files = test_trainer.task_files  # the fixture, shared
+
+ASYNC = {
+    "rollout.mode": "async",
+    "samples_per_step": 6,
+    "rollout.batch_size": 4,
+    "rollout.in_flight": 14,
+    "tracker.rho": "constant",
+    "tracker.rho_constant": 1.0,  # then tracker count = prior + number of updates, exactly
+}
+
+
+def make(tiny_model_dir, task_files, run_dir, **extra) -> Trainer:
+    overrides = tiny_overrides(tiny_model_dir, task_files, run_dir, **{**ASYNC, **extra})
+    return Trainer(load_config(None, overrides))
+
+
+def check_accounting(trainer: Trainer) -> dict[str, np.ndarray]:
+    acc = trainer.scheduler.accounting()
+    assert np.array_equal(acc["issued"], acc["trained"] + acc["dropped"] + acc["in_flight"])
+    assert int(acc["trained"].sum()) == trainer.samples_seen
+    return acc
+
+
+def test_async_spo_trains_and_updates_tracker_once_per_sample(tiny_model_dir, task_files, tmp_path):
+    trainer = make(tiny_model_dir, task_files, tmp_path / "run", steps=3)
+    before = params_of(trainer.model)
+    try:
+        trainer.run()
+        acc = check_accounting(trainer)
+        assert trainer.samples_seen == 18
+        assert acc["in_flight"].sum() > 0  # unfinished samples stay in flight
+        # exactly one tracker update per trained sample (rho = 1: N = prior + updates)
+        n = len(trainer.train_examples)
+        counts = trainer.tracker.count(np.arange(n)) - trainer.cfg.tracker.prior_count
+        np.testing.assert_allclose(counts, acc["trained"], atol=1e-5)
+        after = params_of(trainer.model)
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+        lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        assert '"rollout/engine_idle_fraction"' in lines[-1]
+    finally:
+        trainer.close()
+
+
+def test_async_grpo_admits_whole_groups(tiny_model_dir, task_files, tmp_path, monkeypatch):
+    trainer = make(
+        tiny_model_dir, task_files, tmp_path / "run", algo="grpo", steps=2, samples_per_step=8
+    )
+    seen = []
+    real = trainer.scheduler.next_batch
+
+    def spy(version):
+        fb = real(version)
+        seen.append(fb)
+        return fb
+
+    monkeypatch.setattr(trainer.scheduler, "next_batch", spy)
+    try:
+        trainer.run()
+        for fb in seen:
+            assert len(fb.samples) == 8
+            for g in range(2):  # two complete groups of 4, one prompt each
+                members = [
+                    s for s, gid in zip(fb.samples, fb.group_id_B.tolist(), strict=True) if gid == g
+                ]
+                assert len(members) == 4 and len({s.prompt for s in members}) == 1
+                assert len({s.group for s in members}) == 1
+        check_accounting(trainer)
+    finally:
+        trainer.close()
+
+
+def test_resume_keeps_in_flight_samples(tiny_model_dir, task_files, tmp_path):
+    """k steps + checkpoint + resume == N straight steps: same tracker, same accounting,
+    every issued sample trained once, dropped-and-counted, or still in flight."""
+
+    def run(run_dir, steps, resume=False):
+        trainer = make(tiny_model_dir, task_files, run_dir, steps=steps, resume=resume)
+        try:
+            trainer.run()
+            return trainer, check_accounting(trainer)
+        finally:
+            trainer.close()
+
+    straight, acc_a = run(tmp_path / "a", 4)
+    _, acc_first = run(tmp_path / "b", 2)
+    assert acc_first["in_flight"].sum() > 0  # the checkpoint really held in-flight samples
+    resumed, acc_b = run(tmp_path / "b", 4, resume=True)
+    for key in acc_a:
+        assert np.array_equal(acc_a[key], acc_b[key]), key
+    for key, value in straight.tracker.state_dict().items():
+        assert np.array_equal(np.asarray(value), np.asarray(resumed.tracker.state_dict()[key])), key
+    a, b = params_of(straight.model), params_of(resumed.model)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_stale_samples_train_against_behaviour_logp(
+    tiny_model_dir, task_files, tmp_path, monkeypatch
+):
+    trainer = make(
+        tiny_model_dir,
+        task_files,
+        tmp_path / "run",
+        steps=3,
+        **{"rollout.max_staleness": 0, "rollout.staleness": "reweight"},
+    )
+    captured = []
+    real_loss = trainer_module.ppo_clip_loss
+
+    def spy(logp, old, adv, mask, **kw):
+        captured.append((logp.detach().clone(), old.clone(), mask.clone()))
+        return real_loss(logp, old, adv, mask, **kw)
+
+    real_next = trainer.scheduler.next_batch
+    batches = []
+
+    def next_spy(version):
+        fb = real_next(version)
+        batches.append(fb)
+        return fb
+
+    monkeypatch.setattr(trainer_module, "ppo_clip_loss", spy)
+    monkeypatch.setattr(trainer.scheduler, "next_batch", next_spy)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    stale_seen = False
+    micro = trainer.cfg.optim.micro_batch_size
+    for step, fb in enumerate(batches):
+        # micro-batches take rows in order of sequence length (PackedBatch.micro_batches)
+        r_ = fb.rollouts
+        seq_len = torch.tensor([len(p) + len(c) for p, c in zip(r_.prompt_ids, r_.completion_ids)])
+        order = torch.argsort(seq_len, stable=True).tolist()
+        for row, is_stale in enumerate(fb.stale_B.tolist()):
+            pos = order.index(row)
+            logp, old, _ = captured[step * 2 + pos // micro]  # 6 rows = 2 micro-batches
+            r = pos % micro
+            n = len(fb.rollouts.logp[row])
+            if is_stale:
+                stale_seen = True
+                assert fb.staleness_B[row] > 0
+                assert torch.equal(old[r, :n], fb.rollouts.logp[row])  # behaviour log-probs
+            else:  # on-policy: old_logp is the current policy's own (detached) log-prob
+                assert torch.equal(old[r, :n], logp[r, :n])
+    assert stale_seen
+
+
+def test_stale_samples_are_dropped_and_reissued(tiny_model_dir, task_files, tmp_path):
+    trainer = make(
+        tiny_model_dir,
+        task_files,
+        tmp_path / "run",
+        steps=4,
+        **{"rollout.max_staleness": 0, "rollout.staleness": "drop", "rollout.in_flight": 16},
+    )
+    try:
+        trainer.run()
+        acc = check_accounting(trainer)
+        assert acc["dropped"].sum() > 0
+    finally:
+        trainer.close()
+
+
+class ForcedCodeTurn:
+    """Wraps an engine: a context's first model turn is a fixed ```python block (teacher-
+    forced, with its true log-probs under the model); later turns are sampled normally."""
+
+    def __init__(self, engine, model, tokenizer, code_text: str, tool_marker: list[int]):
+        self.engine, self.model, self.tokenizer = engine, model, tokenizer
+        self.code_ids = tokenizer(code_text, add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
+        self.text = code_text
+        self.marker = tool_marker
+
+    def _has_tool(self, ctx: list[int]) -> bool:
+        m = self.marker
+        return any(ctx[i : i + len(m)] == m for i in range(len(ctx) - len(m) + 1))
+
+    def generate(self, prompt_ids, *, seed):
+        forced = [i for i, ctx in enumerate(prompt_ids) if not self._has_tool(ctx)]
+        free = [i for i in range(len(prompt_ids)) if i not in forced]
+        out = self.engine.generate([prompt_ids[i] for i in free], seed=seed) if free else None
+        ids, logp, fin, texts = [None] * len(prompt_ids), [None] * len(prompt_ids), [], []
+        fin, texts = [True] * len(prompt_ids), [""] * len(prompt_ids)
+        if forced:
+            batch = pack(
+                [prompt_ids[i] for i in forced],
+                [self.code_ids] * len(forced),
+                pad_id=self.tokenizer.pad_token_id,
+            )
+            with torch.no_grad():
+                lp = completion_logp(self.model, batch)
+            for row, i in enumerate(forced):
+                ids[i], logp[i], texts[i] = list(self.code_ids), lp[row], self.text
+        for row, i in enumerate(free):
+            ids[i], logp[i] = out.completion_ids[row], out.logp[row]
+            fin[i], texts[i] = out.finished[row], out.texts[row]
+        return Rollouts([list(p) for p in prompt_ids], ids, logp, fin, texts)
+
+
+def test_tool_task_trains_with_masked_tool_tokens(
+    tiny_model_dir, task_files, tmp_path, monkeypatch
+):
+    """arithmetic_tool, 3 turns, the real sandbox: tool tokens are context only, and the
+    training log-probs of the generated ids equal the behaviour log-probs."""
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        task_files,
+        tmp_path / "run",
+        **{
+            **ASYNC,
+            "task.name": "arithmetic_tool",
+            "task.reward_fn": None,
+            "rollout.max_turns": 3,
+            "rollout.tool_timeout": 10,
+            "steps": 2,
+        },
+    )
+    trainer = Trainer(load_config(None, overrides))
+    sched = trainer.scheduler
+    marker = trainer.tokenizer("<|im_start|>tool", add_special_tokens=False)["input_ids"]
+    sched.engine = ForcedCodeTurn(
+        trainer.engine, trainer.model, trainer.tokenizer, "```python\nprint(6*7)\n```", marker
+    )
+    batches = []
+    real_next = sched.next_batch
+
+    def next_spy(version):
+        fb = real_next(version)
+        batches.append(fb)
+        return fb
+
+    monkeypatch.setattr(sched, "next_batch", next_spy)
+    try:
+        metrics = trainer.run()
+    finally:
+        trainer.close()
+    assert metrics["rollout/tool_calls_per_sample"] == 1.0
+    fb = batches[0]
+    s = fb.samples[0]
+    decoded = trainer.tokenizer.decode(s.completion_ids)
+    assert "<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n" in decoded
+    # the mask is 0 exactly on the tool message, 1 on both model turns
+    n_code = len(trainer.tokenizer("```python\nprint(6*7)\n```")["input_ids"]) + 1
+    tool_ids = trainer.engine.tokenizer(
+        "\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False
+    )["input_ids"]
+    assert s.loss_mask == [1] * n_code + [0] * len(tool_ids) + [1] * (
+        len(s.completion_ids) - n_code - len(tool_ids)
+    )
+    assert s.completion_ids[n_code : n_code + len(tool_ids)] == tool_ids
+    # log-probs of the packed multi-turn batch at generated ids == behaviour log-probs
+    # (first policy version: the weights that sampled step 1 are gone, so re-create them)
+    model0, _ = trainer_module.load_policy(str(tiny_model_dir), dtype="bfloat16")
+    batch = pack(
+        fb.rollouts.prompt_ids, fb.rollouts.completion_ids, pad_id=0, loss_mask=fb.loss_mask
+    )
+    with torch.no_grad():
+        lp = completion_logp(model0, batch)
+    mask = batch.completion_mask_BT
+    assert torch.all(lp[mask == 0] == 0)
+    for row in range(len(fb.samples)):
+        n = len(fb.rollouts.logp[row])
+        m = mask[row, :n] > 0
+        torch.testing.assert_close(lp[row, :n][m], fb.rollouts.logp[row][m], atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_config_rejects_replay_with_tools(tiny_model_dir, task_files, tmp_path, mode):
+    from spo.train.config import ConfigError
+
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        task_files,
+        tmp_path / "run",
+        **{"rollout.mode": mode, "rollout.max_turns": 2, "tracker.rho": "replay"},
+    )
+    with pytest.raises(ConfigError, match="replay"):
+        load_config(None, overrides)
