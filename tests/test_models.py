@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from spo.models import ModelError, encode_prompts, load_policy
+from spo.models import ModelError, encode_prompts, load_policy, resolve_device
 
 
 def test_load_policy_tiny(tiny_model_dir):
@@ -59,3 +59,28 @@ def test_encode_prompts_uses_chat_template(tiny_model_dir):
     assert text == "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
     (with_system,) = encode_prompts(tokenizer, ["hi"], system_prompt="Be brief.")
     assert tokenizer.decode(with_system).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
+def test_resolve_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad, msg in [("cuda", "CUDA is not available"), ("tpu", "not a device"), ("mps", "not")]:
+        with pytest.raises(ModelError, match=msg) as e:
+            resolve_device(bad)
+        assert "\n" not in str(e.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == torch.device("cuda")
+    with pytest.raises(ModelError, match="only 1 CUDA device"):
+        resolve_device("cuda:3")
+
+
+def test_train_on_missing_cuda_is_one_line(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from spo.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["train", f"model.path={tiny_model_dir}", "model.device=cuda", f"run_dir={tmp_path}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "spo: error: model.device=cuda but CUDA is not available: use model.device=cpu"
