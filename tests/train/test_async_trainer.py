@@ -147,8 +147,8 @@ def test_stale_samples_train_against_behaviour_logp(
     micro = trainer.cfg.optim.micro_batch_size
     for step, fb in enumerate(batches):
         # micro-batches take rows in order of sequence length (PackedBatch.micro_batches)
-        r_ = fb.rollouts
-        seq_len = torch.tensor([len(p) + len(c) for p, c in zip(r_.prompt_ids, r_.completion_ids)])
+        pairs = zip(fb.rollouts.prompt_ids, fb.rollouts.completion_ids, strict=True)
+        seq_len = torch.tensor([len(p) + len(c) for p, c in pairs])
         order = torch.argsort(seq_len, stable=True).tolist()
         for row, is_stale in enumerate(fb.stale_B.tolist()):
             pos = order.index(row)
