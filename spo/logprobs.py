@@ -2,7 +2,8 @@
 
     logp_BT[b, t] = log softmax(W h[b, completion_start[b] + t - 1] / temperature)[y_bt]
 
-The decoder runs once over prompt + completion; the LM head and the log-softmax are
+The decoder runs once over prompt + completion (a prefix that every row shares, such as the
+system prompt, once for the whole batch); the LM head and the log-softmax are
 applied only to the N hidden states that predict completion tokens (prompt positions
 never reach the head), in chunks of `chunk_size` rows. A custom autograd function keeps
 only the (N,) log-sum-exp for the backward pass and recomputes each chunk's logits there,
@@ -16,6 +17,8 @@ log-probs differ only by bf16 noise in the decoder (cached decode vs one full pa
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +94,27 @@ def lm_head_weight(model) -> Tensor:
     return head.weight
 
 
+def _cache_kwarg(decoder) -> str:
+    """Name of the KV-cache argument: `cache` in newer transformers, else past_key_values."""
+    params = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def shared_prefix_len(batch: PackedBatch) -> int:
+    """Length of the token prefix that every row shares, for a right-padded batch of more
+    than one row (0 otherwise); capped so each row keeps the position that predicts its
+    first completion token outside the prefix."""
+    B = len(batch)
+    if B < 2 or not bool((batch.seq_start_B == 0).all()):
+        return 0
+    limit = int(batch.completion_start_B.min()) - 1
+    if limit < 1:
+        return 0
+    ids_BL = batch.input_ids_BL[:, :limit]
+    same_L = (ids_BL == ids_BL[:1]).all(0)
+    return limit if bool(same_L.all()) else int(same_L.int().argmin())
+
+
 def completion_logp(
     model, batch: PackedBatch, *, temperature: float = 1.0, chunk_size: int = 1024
 ) -> Tensor:
@@ -110,21 +134,33 @@ def completion_logp(
         return logp_BT
     base = model.get_base_model() if is_peft(model) else model  # LoRA layers live inside it
     decoder = getattr(base, base.base_model_prefix)
-    if bool((batch.seq_start_B == 0).all()):
+    ids_BL = batch.input_ids_BL.to(device)
+    C = shared_prefix_len(batch)
+    if C > 0:
+        # Every row starts with the same C tokens (system prompt, chat header): run them
+        # once, repeat their keys/values B times and run only the rest. Exact (a prefix
+        # token attends only to the prefix), and autograd sums the rows' gradients
+        # through the repeat; saves C * (B - 1) token passes forward and backward.
+        out = decoder(input_ids=ids_BL[:1, :C], use_cache=True)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values  # transformers 5.x
+        cache.batch_repeat_interleave(B)
+        hidden_BLD = decoder(
+            input_ids=ids_BL[:, C:], use_cache=True, **{_cache_kwarg(decoder): cache}
+        ).last_hidden_state
+    elif bool((batch.seq_start_B == 0).all()):
         # Right padding: causal attention never reaches the padding after a sequence, and
-        # positions are 0..L-1, so no mask at all lets SDPA take its fast causal path.
-        kwargs = {}
+        # positions are 0..L-1, so no mask is needed.
+        hidden_BLD = decoder(input_ids=ids_BL, use_cache=False).last_hidden_state
     else:
-        kwargs = {
-            "attention_mask": batch.attention_mask_BL.to(device),
-            "position_ids": batch.position_ids_BL.to(device),
-        }
-    hidden_BLD = decoder(
-        input_ids=batch.input_ids_BL.to(device), use_cache=False, **kwargs
-    ).last_hidden_state
+        hidden_BLD = decoder(
+            input_ids=ids_BL,
+            attention_mask=batch.attention_mask_BL.to(device),
+            position_ids=batch.position_ids_BL.to(device),
+            use_cache=False,
+        ).last_hidden_state
     mask_BT = batch.completion_mask_BT.to(device) > 0
     b_N, t_N = mask_BT.nonzero(as_tuple=True)
-    pos_N = batch.completion_start_B.to(device)[b_N] + t_N - 1
+    pos_N = batch.completion_start_B.to(device)[b_N] + t_N - 1 - C
     h_ND = hidden_BLD[b_N, pos_N]
     target_N = batch.completion_ids_BT.to(device)[b_N, t_N]
     logp_N = _TokenLogp.apply(h_ND, lm_head_weight(model), target_N, float(temperature), chunk_size)

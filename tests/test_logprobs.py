@@ -135,3 +135,38 @@ def test_bad_arguments(model):
         completion_logp(model, batch, temperature=0.0)
     with pytest.raises(ValueError, match="chunk_size"):
         completion_logp(model, batch, chunk_size=0)
+
+
+SHARED = [7, 8, 9, 10, 11]  # a "system prompt" every row starts with
+SHARED_PROMPTS = [[*SHARED, 20, 21], [*SHARED, 22], [*SHARED, 23, 24, 25], [*SHARED, 26, 27]]
+
+
+def test_shared_prefix_len():
+    from spo.logprobs import shared_prefix_len
+
+    assert shared_prefix_len(pack(SHARED_PROMPTS, COMPLETIONS, pad_id=0)) == 5
+    # capped: every row keeps the position that predicts its first completion token
+    same = [[*SHARED, 20]] * 3
+    assert shared_prefix_len(pack(same, [[1], [2, 3], [4]], pad_id=0)) == 5
+    assert shared_prefix_len(pack(PROMPTS, COMPLETIONS, pad_id=0)) == 0  # no common start
+    assert shared_prefix_len(pack(SHARED_PROMPTS[:1], COMPLETIONS[:1], pad_id=0)) == 0  # 1 row
+    left = pack(SHARED_PROMPTS, COMPLETIONS, pad_id=0, padding_side="left")
+    assert shared_prefix_len(left) == 0
+
+
+def test_shared_prefix_path_matches_naive_values_and_gradients(model):
+    batch = pack(SHARED_PROMPTS, COMPLETIONS, pad_id=0)
+    weights = torch.randn(batch.completion_mask_BT.shape)
+    model.zero_grad()
+    logp = completion_logp(model, batch)
+    (logp * weights).sum().backward()
+    got = [p.grad.float().clone() for p in model.parameters()]
+    model.zero_grad()
+    want_logp = naive_logp(model, SHARED_PROMPTS, COMPLETIONS)
+    (want_logp * weights).sum().backward()
+    want = [p.grad.float().clone() for p in model.parameters()]
+    model.zero_grad()
+    assert torch.allclose(logp.detach(), want_logp.detach(), atol=2e-3)
+    assert (logp[batch.completion_mask_BT == 0] == 0).all()
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, atol=2e-2 * w.abs().max().item() + 1e-6)
