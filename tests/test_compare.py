@@ -1,0 +1,166 @@
+"""`spo compare`: aggregation against hand-computed values, bad input, and the whole
+machinery end to end on the tiny random model (real `spo train` subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from spo.cli import main
+from spo.compare_summary import aggregate, align_curves
+
+
+# ----------------------------------------------------------------------- aggregation
+def test_aggregate_hand_computed():
+    a = aggregate([0.2, 0.4, 0.9])
+    assert a["n"] == 3
+    assert a["mean"] == pytest.approx(0.5)
+    # sample std: sqrt(((-.3)^2 + (-.1)^2 + .4^2) / 2) = sqrt(0.13)
+    assert a["std"] == pytest.approx(math.sqrt(0.13))
+    assert (a["min"], a["max"]) == (0.2, 0.9)
+    one = aggregate([0.7, None, float("nan")])
+    assert one == {"mean": 0.7, "std": None, "min": 0.7, "max": 0.7, "n": 1}
+    assert aggregate([])["mean"] is None
+
+
+def test_align_curves_uses_common_steps_and_mean_wall():
+    seed0 = [
+        {"step": 0, "samples": 0, "wall_seconds": 0.0, "acc": 0.1},
+        {"step": 2, "samples": 16, "wall_seconds": 10.0, "acc": 0.3},
+        {"step": 4, "samples": 32, "wall_seconds": 20.0, "acc": 0.5},
+    ]
+    seed1 = [
+        {"step": 0, "samples": 0, "wall_seconds": 0.0, "acc": 0.3},
+        {"step": 2, "samples": 16, "wall_seconds": 14.0, "acc": 0.1},
+        {"step": 3, "samples": 24, "wall_seconds": 17.0, "acc": 0.9},  # only this seed
+        {"step": 4, "samples": 32, "wall_seconds": 30.0, "acc": 0.7},
+    ]
+    c = align_curves([seed0, seed1], ["acc", "missing"], x_offset=100)["acc"]
+    assert c["step"] == [0, 2, 4]
+    assert c["samples"] == [100, 116, 132]
+    assert c["wall_seconds"] == [0.0, 12.0, 25.0]
+    assert c["mean"] == pytest.approx([0.2, 0.2, 0.6])
+    assert c["min"] == pytest.approx([0.1, 0.1, 0.5])
+    assert c["max"] == pytest.approx([0.3, 0.3, 0.7])
+    assert c["std"] == pytest.approx([math.sqrt(0.02)] * 3)
+    assert "missing" not in align_curves([seed0, seed1], ["missing"])
+
+
+# ----------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--algos", "spo,ppo"], "unknown algo 'ppo'"),
+        (["--ablations", "no_critic"], "unknown ablation 'no_critic'"),
+        (["--seeds", "0"], "--seeds and --ablation-seeds must be >= 1"),
+        (["--ablations", "no_offline_init"], "is the SPO arm itself"),
+    ],
+)
+def test_bad_input_is_one_line(argv, needle, capsys):
+    assert main(["compare", "configs/demo.yaml", *argv, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_missing_config_and_reserved_override(capsys):
+    assert main(["compare", "nope.yaml"]) == 2
+    assert "config file 'nope.yaml' not found" in capsys.readouterr().err
+    assert main(["compare", "configs/demo.yaml", "algo=grpo", "--dry-run"]) == 2
+    assert "use --algos" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- end to end
+TINY = """\
+steps: 2
+samples_per_step: 8
+group_size: 4
+checkpoint_every: 2
+eval_size: 4
+threads: 1
+task: {{name: arithmetic, train_size: 16, test_size: 4}}
+model: {{path: {model}}}
+rollout: {{max_new_tokens: 4, batch_size: 8}}
+reward: {{workers: 0}}
+tracker: {{drift_sample: 4}}
+optim: {{micro_batch_size: 8}}
+log: {{tensorboard: false}}
+"""
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_compare_end_to_end(tiny_model_dir, tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.format(model=tiny_model_dir))
+    out = tmp_path / "study"
+    md = tmp_path / "docs" / "study.md"
+    argv = [
+        "compare",
+        str(config),
+        "--seeds",
+        "2",
+        "--ablations",
+        "offline_init",
+        "--init-samples",
+        "2",
+        "--eval-k",
+        "2",
+        "--calibration",
+        "2",
+        "--calibration-prompts",
+        "4",
+        "--out",
+        str(out),
+        "--markdown",
+        str(md),
+    ]
+    assert main(argv) == 0, capsys.readouterr()
+    s = json.loads((out / "summary.json").read_text())
+    assert list(s["arms"]) == ["spo", "grpo", "offline_init"] and not s["failed"]
+
+    for arm, n in (("spo", 2), ("grpo", 2), ("offline_init", 1)):
+        a = s["arms"][arm]
+        assert a["n_finished"] == n
+        runs = [_metrics(out / "runs" / arm / f"seed{seed}") for seed in range(n)]
+        # step 0 (initial policy) and the last step carry eval with k=2 samples + greedy
+        finals = [r[-1] for r in runs]
+        assert all(r[0]["step"] == 0 and "eval/avg@2" in r[0] for r in runs)
+        assert [f["step"] for f in finals] == [2] * n
+        for key in ("greedy", "avg@2", "pass@2", "maj@2"):
+            vals = [f[f"eval/{key}"] for f in finals]
+            assert a["final"][key]["mean"] == pytest.approx(sum(vals) / n)
+            assert a["final"][key]["min"] == pytest.approx(min(vals))
+        walls = [f["wall_seconds"] for f in finals]
+        assert a["train_seconds"]["max"] == pytest.approx(max(walls))
+        curve = a["heldout_curves"]["avg@2"]
+        assert curve["step"] == [0, 1, 2]  # eval_every defaults to steps/4 -> 1
+        assert curve["samples"] == [a["init_samples"] + 8 * i for i in range(3)]
+        var_key = "adv/variance_nondegenerate" if arm == "grpo" else "adv/variance"
+        per_run = [sum(r[var_key] for r in m[1:]) / 2 for m in runs]
+        assert a["run_mean"][var_key]["mean"] == pytest.approx(sum(per_run) / n)
+    assert s["arms"]["offline_init"]["init_samples"] == 16 * 2  # train prompts x n0
+    assert "adv/degenerate_fraction" in s["arms"]["grpo"]["train_curves"]
+    assert "adv/degenerate_fraction" not in s["arms"]["spo"]["train_curves"]
+    assert s["arms"]["spo"]["calibration"]["brier"]["n"] == 2
+    assert s["arms"]["grpo"]["calibration"] == {}
+    assert s["arms"]["spo"]["tracker"]["frontier_seen"]["n"] == 2
+
+    for name in s["plots"]:
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.html").read_text()
+    assert "spo · seed1" in report and "offline_init · seed0" in report
+    page = md.read_text()
+    assert "| **spo** | 2 |" in page and "../study/accuracy_vs_samples.png" in page
+    assert "search budget is zero" in page
+
+    # rerun: nothing is trained again, the summary is rewritten
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/metrics.jsonl")}
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "5 finished, 0 to run" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
