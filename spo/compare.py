@@ -38,6 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spo.report import _flatten as _flat
+
 IGNORED_KEYS = ("run_dir", "resume", "threads", "log.progress", "log.tensorboard", "log.wandb")
 RESERVED = ("algo", "seed", "run_dir", "resume")
 
@@ -114,16 +116,6 @@ def _names(text: str, what: str, valid) -> list[str]:
     if len(set(items)) != len(items):
         raise _error(f"--{what}s lists {what}s twice: {text!r}")
     return items
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _resolved(config: Path, overrides: list[str]) -> dict:

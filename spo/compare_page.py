@@ -27,6 +27,10 @@ def fmt(agg: dict | None, scale: float = 100.0, digits: int = 1) -> str:
     )
 
 
+def _mean(agg: dict | None, scale: float = 100.0) -> str:
+    return "—" if not agg or agg.get("mean") is None else f"{agg['mean'] * scale:.1f}"
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -79,6 +83,12 @@ def _levels(summary: dict, k: int) -> list[str]:
     return sorted(levels, key=lambda x: (len(x), x))
 
 
+def _train_minutes(summary: dict) -> float:
+    return (
+        sum(r.get("train_seconds") or 0.0 for a in summary["arms"].values() for r in a["runs"]) / 60
+    )
+
+
 def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None) -> str:
     """The study page; image links are relative to `md_path`."""
     s, arms = summary["settings"], summary["arms"]
@@ -112,8 +122,8 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
         f"- Learning rate: {lr_statement(summary, lr_note)}",
         f"- Machine: {m.get('platform')}, {m.get('cpu_count')} CPUs"
         + (f", GPU {m['gpu']}" if m.get("gpu") else "")
-        + f", torch {m.get('torch')}, threads={s.get('threads')}; study wall time "
-        f"{summary['seconds'] / 60:.0f} min.",
+        + f", torch {m.get('torch')}, threads={s.get('threads')}; training time summed over "
+        f"all runs {_train_minutes(summary):.0f} min (evaluation excluded).",
         "",
         "Values are mean ± std over seeds [min–max]; a single number is one seed.",
         "",
@@ -163,7 +173,7 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
         "",
         "Share of each step's samples in degenerate groups (all rewards equal: zero GRPO "
         "advantage) and with |A| ≤ 1e-4 / ≤ 0.02 (unnormalised advantage); whole run, and "
-        "first → last quarter of training.",
+        "in brackets the mean of the first → last quarter of training.",
         "",
     ]
     rows = []
@@ -174,10 +184,8 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
             if not whole:
                 cells.append("—")
                 continue
-            cells.append(
-                f"{fmt(whole)} ({fmt(a['first_quarter'].get(key))} → "
-                f"{fmt(a['last_quarter'].get(key))})"
-            )
+            early, late = (_mean(a[q].get(key)) for q in ("first_quarter", "last_quarter"))
+            cells.append(f"{fmt(whole)} ({early} → {late})")
         rows.append([arm, *cells])
     lines += [
         _table(["arm", "degenerate groups", "|A| ≤ 1e-4", "|A| ≤ 0.02"], rows),

@@ -14,7 +14,8 @@ null for one seed), min, max and n:
   over training, and their means over the whole run / its first and last quarter;
 - the variance of the unnormalised advantage per step (`adv/variance`: r − v̂ for SPO,
   r for SPO without baseline; `adv/variance_nondegenerate`: GRPO's r − group mean on
-  non-degenerate groups), averaged over the run;
+  non-degenerate groups), averaged over the run (GRPO's steps weighted by their
+  non-degenerate share: a step whose groups are all degenerate contributes nothing);
 - the final tracker's frontier / sampler ESS and its calibration against fresh samples.
 """
 
@@ -107,6 +108,15 @@ def _mean_over(rows: list[dict], key: str, lo: float = 0.0, hi: float = 1.0) -> 
     return float(np.mean(ys[a:b]))
 
 
+def _nondegenerate_variance(rows: list[dict]) -> dict:
+    """Run mean of GRPO's per-step variance on non-degenerate groups, each step weighted by
+    its non-degenerate share (a step whose groups are all degenerate logs 0 and has none)."""
+    key, share = "adv/variance_nondegenerate", "adv/degenerate_fraction"
+    pts = [(r[key], 1.0 - r[share]) for r in rows if _finite(r.get(key)) and _finite(r.get(share))]
+    weight = sum(w for _, w in pts)
+    return {key: sum(v * w for v, w in pts) / weight} if weight > 0 else {}
+
+
 # ----------------------------------------------------------------------- one run
 def _read_json(path: Path) -> dict | None:
     import json
@@ -147,7 +157,8 @@ def run_record(run_dir: Path, steps: int) -> dict:
         "final": _eval_metrics(last) if last else {},
         "base": _eval_metrics(base) if base else {},
         "run_mean": {
-            k: _mean_over(train, k) for k in TRAIN_CURVES if _mean_over(train, k) is not None
+            **{k: v for k in TRAIN_CURVES if (v := _mean_over(train, k)) is not None},
+            **_nondegenerate_variance(train),
         },
         "first_quarter": {
             k: v for k in SIGNAL if (v := _mean_over(train, k, 0.0, 0.25)) is not None

@@ -73,6 +73,15 @@ def test_missing_config_and_reserved_override(capsys):
 
 
 # ----------------------------------------------------------------------- end to end
+# A JSONL task whose reward (share of letters in the first 8 characters) is fractional
+# and text-driven, so the random model gets non-trivial accuracies and advantages (on the
+# built-in arithmetic task it scores 0 everywhere and every number would be 0).
+REWARD_SRC = """
+def reward(completion, answer):
+    head = completion[:8]
+    return sum(c.isascii() and c.isalpha() for c in head) / 8
+"""
+
 TINY = """\
 steps: 2
 samples_per_step: 8
@@ -80,9 +89,9 @@ group_size: 4
 checkpoint_every: 2
 eval_size: 4
 threads: 1
-task: {{name: arithmetic, train_size: 16, test_size: 4}}
+task: {{name: {data}, reward_fn: '{reward}', train_size: 16, test_size: 4}}
 model: {{path: {model}}}
-rollout: {{max_new_tokens: 4, batch_size: 8}}
+rollout: {{max_new_tokens: 8, batch_size: 8}}
 reward: {{workers: 0}}
 tracker: {{drift_sample: 4}}
 optim: {{micro_batch_size: 8}}
@@ -94,9 +103,17 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_compare_end_to_end(tiny_model_dir, tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
-    config.write_text(TINY.format(model=tiny_model_dir))
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": f"Say {i}.", "answer": str(i)}) + "\n" for i in range(24))
+    )
+    (tmp_path / "reward.py").write_text(REWARD_SRC)
+    config.write_text(
+        TINY.format(model=tiny_model_dir, data=data, reward=f"{tmp_path / 'reward.py'}:reward")
+    )
     out = tmp_path / "study"
     md = tmp_path / "docs" / "study.md"
     argv = [
@@ -140,9 +157,19 @@ def test_compare_end_to_end(tiny_model_dir, tmp_path, capsys):
         curve = a["heldout_curves"]["avg@2"]
         assert curve["step"] == [0, 1, 2]  # eval_every defaults to steps/4 -> 1
         assert curve["samples"] == [a["init_samples"] + 8 * i for i in range(3)]
-        var_key = "adv/variance_nondegenerate" if arm == "grpo" else "adv/variance"
-        per_run = [sum(r[var_key] for r in m[1:]) / 2 for m in runs]
+        if arm == "grpo":  # steps weighted by their non-degenerate share
+            w = [[1 - r["adv/degenerate_fraction"] for r in m[1:]] for m in runs]
+            v = [[r["adv/variance_nondegenerate"] for r in m[1:]] for m in runs]
+            per_run = [
+                sum(a * b for a, b in zip(x, y, strict=True)) / sum(x)
+                for x, y in zip(w, v, strict=True)
+            ]
+            var_key = "adv/variance_nondegenerate"
+        else:
+            per_run = [sum(r["adv/variance"] for r in m[1:]) / 2 for m in runs]
+            var_key = "adv/variance"
         assert a["run_mean"][var_key]["mean"] == pytest.approx(sum(per_run) / n)
+        assert a["run_mean"][var_key]["mean"] > 0
     assert s["arms"]["offline_init"]["init_samples"] == 16 * 2  # train prompts x n0
     assert "adv/degenerate_fraction" in s["arms"]["grpo"]["train_curves"]
     assert "adv/degenerate_fraction" not in s["arms"]["spo"]["train_curves"]
