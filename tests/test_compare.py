@@ -191,3 +191,81 @@ def test_compare_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert main(argv) == 0
     assert "5 finished, 0 to run" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+
+
+def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
+    """No real training: `_call` is faked. A failing run does not stop the others (jobs=2),
+    a run with an earlier checkpoint is resumed, a finished one is not touched."""
+    import argparse
+
+    import spo.compare as compare
+    from spo.train.checkpoint import MARKER
+
+    def fake_checkpoint(run_dir: Path, step: int) -> None:
+        path = run_dir / "checkpoints" / f"step_{step:06d}"
+        path.mkdir(parents=True)
+        (path / MARKER).write_text(json.dumps({"step": step}))
+
+    calls = []
+
+    def fake_call(cmd, log):
+        calls.append(cmd)
+        if cmd[3] == "train":
+            run_dir = Path(cmd[5] if cmd[4] == "--resume" else cmd[-1].split("=", 1)[1])
+            if "grpo" in str(run_dir):
+                return 1, "Traceback ... boom"
+            fake_checkpoint(run_dir, 2)
+        return 0, ""
+
+    monkeypatch.setattr(compare, "_call", fake_call)
+    args = argparse.Namespace(
+        config="configs/demo.yaml",
+        overrides=["steps=2"],
+        algos="spo,grpo",
+        seeds=2,
+        ablations="",
+        ablation_seeds=1,
+        jobs=2,
+        calibration=0,
+        calibration_prompts=4,
+        init_samples=2,
+        eval_every=0,
+        eval_k=2,
+        out=str(tmp_path / "study"),
+    )
+    plan = compare.make_plan(args)
+    assert any(o.startswith("threads=") for o in plan.overrides)  # jobs > 1 splits the cores
+    spo0, spo1 = (s for s in plan.runs if s.arm == "spo")
+    fake_checkpoint(spo0.run_dir, 2)  # finished
+    fake_checkpoint(spo1.run_dir, 1)  # interrupted after step 1
+    # a run dir needs the config it was made with (checked before anything runs)
+    from omegaconf import OmegaConf
+
+    for spec in (spo0, spo1):
+        cfg = compare._resolved(plan.config, plan.train_args(spec))
+        OmegaConf.save(
+            OmegaConf.from_dotlist([f"{k}={v}" for k, v in cfg.items() if v is not None]),
+            spec.run_dir / "config.yaml",
+        )
+    specs = compare.run_plan(plan, jobs=2, log=lambda *_: None)
+    status = {(s.arm, s.seed): s.status for s in specs}
+    assert status == {
+        ("spo", 0): "finished",
+        ("spo", 1): "finished",
+        ("grpo", 0): "failed",
+        ("grpo", 1): "failed",
+    }
+    assert "boom" in next(s.message for s in specs if s.arm == "grpo")
+    trains = [c for c in calls if c[3] == "train"]
+    assert len(trains) == 3  # spo seed0 was skipped
+    assert [c[4:] for c in trains if c[4] == "--resume"] == [
+        ["--resume", str(spo1.run_dir), "steps=2"]
+    ]
+
+    # a run dir made with other settings is refused, not mixed in
+    saved = spo0.run_dir / "config.yaml"
+    saved.write_text(saved.read_text().replace("lr: 2.0e-05", "lr: 0.001"))
+    from spo.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="optim.lr=0.001"):
+        compare.run_plan(plan, jobs=1, log=lambda *_: None)
