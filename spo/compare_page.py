@@ -66,7 +66,7 @@ def lr_statement(summary: dict, note: str | None) -> str:
     lrs = {a["lr"] for a in summary["arms"].values()}
     if len(lrs) == 1:
         return (
-            f"Every arm uses the same learning rate, optim.lr = {lrs.pop()}, taken from the "
+            f"every arm uses the same learning rate, optim.lr = {lrs.pop()}, taken from the "
             "config without a search for any arm: the learning-rate search budget is zero "
             "runs for SPO and zero for GRPO."
         )
@@ -188,7 +188,7 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
             cells.append(f"{fmt(whole)} ({early} → {late})")
         rows.append([arm, *cells])
     lines += [
-        _table(["arm", "degenerate groups", "|A| ≤ 1e-4", "|A| ≤ 0.02"], rows),
+        _table(["arm", "degenerate groups", r"\|A\| ≤ 1e-4", r"\|A\| ≤ 0.02"], rows),
         "",
         img("signal_shares.png", "learning-signal shares over training"),
         "",

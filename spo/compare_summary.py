@@ -356,7 +356,8 @@ def fig_accuracy(summary: dict, x: str) -> bytes:
         ax.set_title(f"held-out {key} (mean, min–max band over seeds)", fontsize=10)
         ax.set_ylabel("%")
         ax.set_xlabel(f"training wall-clock ({unit})" if wall else "samples")
-    axes[0].legend(fontsize=8, frameon=False)
+    if axes[0].lines:
+        axes[0].legend(fontsize=8, frameon=False)
     return _png(fig)
 
 
@@ -378,7 +379,8 @@ def fig_signal(summary: dict) -> bytes:
         ax.set_title(titles[key], fontsize=10)
         ax.set_ylabel("% of the step's samples")
         ax.set_xlabel("samples")
-    axes[0].legend(fontsize=8, frameon=False)
+    if axes[0].lines:
+        axes[0].legend(fontsize=8, frameon=False)
     return _png(fig)
 
 

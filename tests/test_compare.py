@@ -218,21 +218,10 @@ def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
         return 0, ""
 
     monkeypatch.setattr(compare, "_call", fake_call)
-    args = argparse.Namespace(
-        config="configs/demo.yaml",
-        overrides=["steps=2"],
-        algos="spo,grpo",
-        seeds=2,
-        ablations="",
-        ablation_seeds=1,
-        jobs=2,
-        calibration=0,
-        calibration_prompts=4,
-        init_samples=2,
-        eval_every=0,
-        eval_k=2,
-        out=str(tmp_path / "study"),
-    )
+    parser = argparse.ArgumentParser()
+    compare.add_arguments(parser)
+    argv = ["configs/demo.yaml", "steps=2", "--seeds", "2", "--jobs", "2", "--calibration", "0"]
+    args = parser.parse_args([*argv, "--out", str(tmp_path / "study")])
     plan = compare.make_plan(args)
     assert any(o.startswith("threads=") for o in plan.overrides)  # jobs > 1 splits the cores
     spo0, spo1 = (s for s in plan.runs if s.arm == "spo")
@@ -267,5 +256,5 @@ def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
     saved.write_text(saved.read_text().replace("lr: 2.0e-05", "lr: 0.001"))
     from spo.train.config import ConfigError
 
-    with pytest.raises(ConfigError, match="optim.lr=0.001"):
+    with pytest.raises(ConfigError, match=r"optim\.lr=0\.001"):
         compare.run_plan(plan, jobs=1, log=lambda *_: None)
