@@ -1,4 +1,4 @@
-"""The `spo` command: train | demo | init-values | eval | report | simulate.
+"""The `spo` command: train | demo | init-values | eval | report | compare | simulate.
 
 Every user error (bad config, missing file, wrong model path, corrupt checkpoint, bad
 reward) is printed as one line `spo: error: ...` with exit code 2; tracebacks are kept
@@ -274,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help in [
         ("eval", "spo.eval", "evaluate a model or every checkpoint of a run: avg@k, pass@k, maj@k"),
         ("report", "spo.report", "HTML report with plots from one or more run directories"),
+        (
+            "compare",
+            "spo.compare",
+            "SPO vs GRPO (and SPO ablations) over several seeds at matched samples: "
+            "runs, summary.json, plots, report, study page",
+        ),
         (
             "simulate",
             "spo.sim",

@@ -662,11 +662,15 @@ def render_html(runs: list[RunData], figs: list[tuple[str, str, bytes]]) -> str:
     )
 
 
-def build_report(run_dirs: list[str | Path]) -> tuple[str, list[RunData]]:
-    """HTML text of the report for `run_dirs` (and the loaded runs)."""
+def build_report(
+    run_dirs: list[str | Path], labels: list[str] | None = None
+) -> tuple[str, list[RunData]]:
+    """HTML text of the report for `run_dirs` (and the loaded runs); optional own labels."""
     runs = [load_run(p) for p in run_dirs]
     for i, run in enumerate(runs):
         run.color = COLORS[i % len(COLORS)]
+        if labels is not None:
+            run.label = labels[i]
     return render_html(runs, figures(runs)), runs
 
 

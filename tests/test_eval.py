@@ -287,23 +287,20 @@ def test_spo_eval_run_without_checkpoints(tmp_path, capsys):
     assert "no complete checkpoint" in capsys.readouterr().err
 
 
-def test_in_training_eval_is_logged(tiny_model_dir, task_files, tmp_path):
-    """The trainer calls evaluate_examples every eval_every steps; metrics land in the log."""
+def _train_records(tiny_model_dir, task_files, run: Path, *extra: str) -> list[dict]:
     from spo.train.trainer import Trainer
 
-    run = tmp_path / "run"
     cfg = load_config(
         None,
         [
             *overrides(task_files),
             f"model.path={tiny_model_dir}",
             f"run_dir={run}",
-            "steps=2",
-            "eval_every=2",
             "samples_per_step=4",
             "log.tensorboard=false",
             "log.progress=false",
             "optim.micro_batch_size=4",
+            *extra,
         ],
     )
     trainer = Trainer(cfg)
@@ -311,9 +308,34 @@ def test_in_training_eval_is_logged(tiny_model_dir, task_files, tmp_path):
         trainer.run()
     finally:
         trainer.close()
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_in_training_eval_is_logged(tiny_model_dir, task_files, tmp_path):
+    """The trainer calls evaluate_examples every eval_every steps; metrics land in the log."""
+    records = _train_records(
+        tiny_model_dir, task_files, tmp_path / "run", "steps=2", "eval_every=2"
+    )
     assert "eval/greedy" not in records[0]
     assert {"eval/greedy", "eval/avg@1", "eval/pass@1", "eval/maj@1"} <= set(records[1])
+
+
+def test_in_training_eval_k_start_and_last_step(tiny_model_dir, task_files, tmp_path):
+    """eval_k samples per prompt; eval_start logs the initial policy as step 0; the last
+    step is evaluated even when eval_every does not divide steps."""
+    records = _train_records(
+        tiny_model_dir,
+        task_files,
+        tmp_path / "run",
+        "steps=3",
+        "eval_every=2",
+        "eval_k=3",
+        "eval_start=true",
+    )
+    evaluated = [r["step"] for r in records if "eval/greedy" in r]
+    assert evaluated == [0, 2, 3]
+    assert records[0]["samples"] == 0 and records[0]["wall_seconds"] == 0.0
+    assert {"eval/avg@3", "eval/pass@2", "eval/pass@3", "eval/maj@3"} <= set(records[-1])
 
 
 def test_print_table_names_levels(capsys):

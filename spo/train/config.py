@@ -258,8 +258,14 @@ class TrainConfig:
     resume: bool = _f(False, "continue from the newest valid checkpoint in run_dir")
     checkpoint_every: int = _f(10, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = _f(2, "newest checkpoints kept on disk")
-    eval_every: int = _f(0, "steps between held-out evaluations (0 = only before/after)")
+    eval_every: int = _f(0, "steps between held-out evaluations, and at the last step (0 = none)")
     eval_size: int = _f(128, "held-out prompts used by in-training evaluation")
+    eval_k: int = _f(
+        1, "sampled responses per held-out prompt in in-training eval (avg@k, pass@k, maj@k)"
+    )
+    eval_start: bool = _f(
+        False, "with eval_every > 0, also evaluate the initial policy (logged as step 0)"
+    )
     threads: int | None = _f(None, "torch CPU threads (null = all cores)")
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -336,6 +342,7 @@ def validate(cfg: TrainConfig) -> None:
         "task.test_size",
         "cluster.rollout_workers",
         "rollout.vllm.tensor_parallel_size",
+        "eval_k",
     ]
     values = {k: v for k, _, v in _walk(cfg)}
     for key in positive:

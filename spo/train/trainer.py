@@ -629,10 +629,13 @@ class Trainer:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo}", unit="step")
+            if cfg.eval_every and cfg.eval_start and self.step == 0:
+                base = {f"eval/{k}": v for k, v in self.evaluate(k=cfg.eval_k).items()}
+                self.logger.log(0, {"samples": 0, "wall_seconds": 0.0, **base})
             while self.step < cfg.steps and not self._stop_requested:
                 last = self.train_step()
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    last.update({f"eval/{k}": v for k, v in self.evaluate().items()})
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                    last.update({f"eval/{k}": v for k, v in self.evaluate(k=cfg.eval_k).items()})
                 self.logger.log(self.step, last)
                 if bar is not None:
                     bar.set_postfix(
