@@ -144,7 +144,7 @@ def cmd_init_values(args: argparse.Namespace) -> int:
 
     from spo.models import encode_prompts, load_policy
     from spo.rewards import RewardPool
-    from spo.rollout.hf import HFEngine
+    from spo.rollout.factory import make_local_engine
     from spo.tasks import load_task
     from spo.train.trainer import _task_kwargs
     from spo.train.values import write_values
@@ -158,18 +158,10 @@ def cmd_init_values(args: argparse.Namespace) -> int:
     prompts = encode_prompts(
         tokenizer, [ex.prompt for ex in examples], system_prompt=cfg.task.system_prompt
     )
-    r = cfg.rollout
-    engine = HFEngine(
-        model,
-        tokenizer,
-        max_new_tokens=r.max_new_tokens,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        batch_size=r.batch_size,
-    )
+    engine = make_local_engine(cfg, model, tokenizer, model_path=cfg.model.path)
     n0 = args.samples
     successes = np.zeros(len(examples))
-    chunk = max(1, r.batch_size // n0) * 4
+    chunk = max(1, cfg.rollout.batch_size // n0) * 4
     t0 = time.perf_counter()
     with RewardPool(task.verifier, timeout=cfg.reward.timeout, workers=cfg.reward.workers) as pool:
         for lo in range(0, len(examples), chunk):
