@@ -5,9 +5,9 @@ tokens: a few minutes on 2 cores) once per forgetting estimator, each in its own
 subprocess, and records after every step the process RSS (VmRSS), the peak RSS
 (ru_maxrss), the replay store's bytes and prompt count, and the drift tracker's bytes.
 
-An arm `drift+trim` repeats the drift run calling glibc's `malloc_trim(0)` after every
-step: RSS that grows without it but stays flat with it is memory the allocator keeps
-cached (fragmentation from varying batch shapes), not live objects — i.e. not a leak.
+The trainer calls glibc's `malloc_trim(0)` after every step (`spo.train.heap`). An arm
+`drift+notrim` repeats the drift run with that call disabled: the RSS it adds is memory
+the allocator keeps cached (fragmentation from varying batch shapes), not live objects.
 
 Reported per arm:
   rss_slope_mib_per_step  least-squares slope of RSS over steps >= --skip (the first steps
@@ -26,7 +26,6 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -54,19 +53,15 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def _malloc_trim() -> None:
-    """Return glibc's freed-but-cached heap pages to the OS (Linux/glibc only)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _child(arm: str, steps: int, samples: int, new_tokens: int, run_dir: str) -> dict:
     from spo.train.config import load_config
     from spo.train.trainer import Trainer
 
-    rho, _, trim = arm.partition("+")
+    rho, _, notrim = arm.partition("+")
+    if notrim:
+        import spo.train.trainer
+
+        spo.train.trainer.trim_heap = lambda: None
     cfg = load_config(
         None,
         [
@@ -89,8 +84,6 @@ def _child(arm: str, steps: int, samples: int, new_tokens: int, run_dir: str) ->
     t0 = time.perf_counter()
     for i in range(steps):
         m = trainer.train_step()
-        if trim:
-            _malloc_trim()
         rows.append(
             {
                 "step": i + 1,
@@ -164,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=16, help="rollout.max_new_tokens")
     ap.add_argument(
         "--rho",
-        default="drift,replay,drift+trim",
-        help="comma list of arms: drift, replay, constant; +trim = malloc_trim(0) after each step",
+        default="drift,replay,drift+notrim",
+        help="comma list of arms: drift, replay, constant; +notrim = without the trainer's "
+        "malloc_trim(0) after each step",
     )
     ap.add_argument("--skip", type=int, default=10, help="first step of the RSS slope fit")
     ap.add_argument("--out", default=str(RESULTS / "memory.json"))
