@@ -7,8 +7,9 @@ dynamic cache grows by `torch.cat` every token (46% of a step for SmolLM2-135M a
 dozens of small ops. Here, per layer and step: one fused QKV matmul, RoPE on q and k
 together, a write into a preallocated `(B, H_kv, S_max, d)` cache, attention as two
 batched matmuls over the whole (contiguous) cache with an additive mask for padding and
-not-yet-written columns, one fused gate/up matmul. Finished rows can be dropped from the
-batch (`keep`). The weights are read from the model when the decoder is built (once per
+not-yet-written columns, one fused gate/up matmul. On CPU every bf16 weight is reordered once into oneDNN's
+blocked layout (`_Linear`: -20% decode time, same tokens). Finished rows can be dropped
+from the batch (`keep`). The weights are read from the model when the decoder is built (once per
 `generate` call), so training updates are always seen.
 
 The maths is the model's own (same RMSNorm, RoPE tables from the model's rotary module,
@@ -53,17 +54,42 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
+class _Linear:
+    """x -> F.linear(x, weight, bias). For bf16 weights on CPU the weight is reordered once
+    into oneDNN's blocked layout and every call goes straight to its matmul: F.linear
+    re-lays the weight out on every call, which at decode sizes (a few to 64 rows) costs
+    more than the product. Bitwise equal to F.linear; 1.5x faster at 64 rows and 2-4x at a
+    few rows for SmolLM2-135M's shapes (2 cores, AMX)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        self.weight, self.bias, self.packed = weight, bias, None
+        if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and _ONEDNN:
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 64)
+            except (RuntimeError, AttributeError):  # a torch build without these ops
+                self.packed = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+_ONEDNN = torch.backends.mkldnn.is_available()
+
+
 class _Layer:
     """One decoder layer's weights, with q/k/v and gate/up concatenated."""
 
     def __init__(self, layer):
         attn, mlp = layer.self_attn, layer.mlp
-        self.w_qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        w_qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
         biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
-        self.b_qkv = torch.cat(biases) if all(b is not None for b in biases) else None
-        self.w_o = attn.o_proj.weight
-        self.w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-        self.w_down = mlp.down_proj.weight
+        b_qkv = torch.cat(biases) if all(b is not None for b in biases) else None
+        self.qkv = _Linear(w_qkv, b_qkv)
+        self.o = _Linear(attn.o_proj.weight)
+        self.gate_up = _Linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        self.down = _Linear(mlp.down_proj.weight)
         self.norm_in = _RMSNorm(layer.input_layernorm)
         self.norm_post = _RMSNorm(layer.post_attention_layernorm)
         self.q_norm = _RMSNorm(attn.q_norm) if hasattr(attn, "q_norm") else None
@@ -91,7 +117,7 @@ class LlamaDecoder:
         base = getattr(model, model.base_model_prefix)
         self.embed = base.embed_tokens.weight
         self.norm = _RMSNorm(base.norm)
-        self.head = model.get_output_embeddings().weight
+        self.head = _Linear(model.get_output_embeddings().weight)
         self.layers = [_Layer(layer) for layer in base.layers]
         self.n_heads = config.num_attention_heads
         self.n_kv = config.num_key_value_heads
@@ -208,7 +234,7 @@ class LlamaDecoder:
 
     def _qkv(self, layer: _Layer, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         H, Hkv, d = self.n_heads, self.n_kv, self.head_dim
-        qkv = F.linear(layer.norm_in(h), layer.w_qkv, layer.b_qkv)
+        qkv = layer.qkv(layer.norm_in(h))
         qkv = qkv.view(*h.shape[:-1], H + 2 * Hkv, d)
         q, k, v = qkv.split([H, Hkv, Hkv], dim=-2)
         if layer.q_norm is not None:
@@ -216,12 +242,12 @@ class LlamaDecoder:
         return q, k, v
 
     def _finish(self, layer: _Layer, h: Tensor, attn: Tensor) -> Tensor:
-        h = h + F.linear(attn, layer.w_o)
-        gate, up = F.linear(layer.norm_post(h), layer.w_gate_up).chunk(2, dim=-1)
-        return h + F.linear(F.silu(gate) * up, layer.w_down)
+        h = h + layer.o(attn)
+        gate, up = layer.gate_up(layer.norm_post(h)).chunk(2, dim=-1)
+        return h + layer.down(F.silu(gate) * up)
 
     def _logits(self, h_BD: Tensor) -> Tensor:
-        return F.linear(self.norm(h_BD), self.head)
+        return self.head(self.norm(h_BD))
 
 
 def _common_prefix(seqs: list[tuple[int, ...]], *, limit: int) -> int:
