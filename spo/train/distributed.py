@@ -259,6 +259,26 @@ class TrainerRank:
         self.optimizer.load_state_dict(state)
 
 
+def _check_resources(ray, c: Any) -> None:
+    """Fail now, not hang: Ray waits forever for actors the cluster cannot place."""
+    from spo.train.trainer import TrainError
+
+    have = ray.cluster_resources()
+    for name, per_rank, per_worker in (
+        ("GPU", c.gpus_per_trainer, c.gpus_per_worker),
+        ("CPU", c.cpus_per_trainer, c.cpus_per_worker),
+    ):
+        need = c.trainer_workers * per_rank + c.rollout_workers * per_worker
+        if need > have.get(name, 0):
+            key = f"{name.lower()}s_per_trainer"
+            raise TrainError(
+                f"{c.trainer_workers} trainer ranks x cluster.{key}={per_rank} + "
+                f"{c.rollout_workers} rollout actors x cluster.{name.lower()}s_per_worker="
+                f"{per_worker} need {need:g} {name}s; the Ray cluster has "
+                f"{have.get(name, 0):g} (lower them or add nodes)"
+            )
+
+
 class TrainerGroup:
     """Driver side of the group; `update`/`logp` as `spo.train.update.LocalUpdate`, and
     `state_dict`/`load_state_dict` of the (whole) optimizer state for checkpoints."""
@@ -269,6 +289,7 @@ class TrainerGroup:
         c = cfg.cluster
         self.ray = ray = connect(c)
         self.model = driver_model
+        _check_resources(ray, c)
         actor = ray.remote(TrainerRank).options(
             num_cpus=c.cpus_per_trainer, num_gpus=c.gpus_per_trainer
         )

@@ -262,3 +262,14 @@ def test_trainer_group_equals_single_process(
     assert again[0] == got[0][1:] and again[1] == got[1][1:] and again[4] == got[4][1:]
     for key in got[3]:
         assert torch.equal(again[3][key], got[3][key]), key
+
+
+@pytest.mark.slow
+def test_trainer_group_fails_fast_without_the_gpus(ray_cluster, tiny_model_dir, task, tmp_path):
+    from spo.train.distributed import TrainerGroup
+    from spo.train.trainer import TrainError
+
+    cfg = _group_cfg(tiny_model_dir, task, tmp_path / "run", "ddp")
+    cfg.cluster.gpus_per_trainer = 1  # the local cluster has no GPU: Ray would wait forever
+    with pytest.raises(TrainError, match="need 2 GPUs; the Ray cluster has 0"):
+        TrainerGroup(cfg, str(tiny_model_dir), driver_model=None)
