@@ -204,10 +204,10 @@ class TrainerRank:
         self.comm = RankComm(self.device, fsdp=fsdp)
 
     def _weights(self) -> dict[str, Tensor] | None:
-        if self.comm.fsdp:  # a collective: every rank gathers, rank 0 keeps the result
+        """The whole state dict on rank 0 (under FSDP a collective every rank joins)."""
+        if self.comm.fsdp or self.rank == 0:
             weights = policy_weights(self.policy)
-            return weights if self.rank == 0 else None
-        return policy_weights(self.policy) if self.rank == 0 else None
+        return weights if self.rank == 0 else None
 
     def update(self, batch, adv_B, behaviour_BT, stale_B):
         stats, old_logp_BT = ppo_update(
