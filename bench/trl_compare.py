@@ -144,7 +144,7 @@ def _task_examples():
 def _child_spo(algo: str, n_steps: int, run_dir: str, profile: str | None) -> dict:
     import torch
 
-    import spo.train.trainer as trainer_mod
+    import spo.train.update as update_mod
     from spo.train.config import load_config
     from spo.train.trainer import Trainer
 
@@ -168,7 +168,7 @@ def _child_spo(algo: str, n_steps: int, run_dir: str, profile: str | None) -> di
     rec = Recorder()
     trainer = Trainer(cfg)
 
-    original_logp = trainer_mod.completion_logp
+    original_logp = update_mod.completion_logp  # what the update and re-scoring call
 
     def completion_logp(model, batch, **kwargs):
         t0 = time.perf_counter()
@@ -180,7 +180,7 @@ def _child_spo(algo: str, n_steps: int, run_dir: str, profile: str | None) -> di
             rec.count("train_tokens_padded", float(batch.input_ids_BL.numel()))
         return out
 
-    trainer_mod.completion_logp = completion_logp
+    update_mod.completion_logp = completion_logp
     original_step = trainer.optimizer.step
 
     def optimizer_step():

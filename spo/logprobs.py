@@ -116,12 +116,20 @@ def shared_prefix_len(batch: PackedBatch) -> int:
 
 
 def completion_logp(
-    model, batch: PackedBatch, *, temperature: float = 1.0, chunk_size: int = 1024
+    model,
+    batch: PackedBatch,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    share_prefix: bool = True,
 ) -> Tensor:
     """Log-prob of each completion token, (B, T) float32, exactly 0 at masked positions.
 
     Differentiable (gradients flow to the decoder and the head only through real
     completion tokens); call it under `torch.no_grad()` for old / reference log-probs.
+    share_prefix=False always runs the full sequences (FSDP needs it for gradients: the
+    shared prefix's gradient reaches its layers through the KV cache, a path FSDP's
+    backward hooks do not see).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
@@ -135,7 +143,7 @@ def completion_logp(
     base = model.get_base_model() if is_peft(model) else model  # LoRA layers live inside it
     decoder = getattr(base, base.base_model_prefix)
     ids_BL = batch.input_ids_BL.to(device)
-    C = shared_prefix_len(batch)
+    C = shared_prefix_len(batch) if share_prefix else 0
     if C > 0:
         # Every row starts with the same C tokens (system prompt, chat header): run them
         # once, repeat their keys/values B times and run only the rest. Exact (a prefix

@@ -45,6 +45,20 @@ def worker_runtime_env() -> dict:
     return {"env_vars": {"PYTHONPATH": path}}
 
 
+def connect(cluster: Any):
+    """The ray module, initialised for `cluster.address` (join a running cluster, or
+    start a private one here when None) unless the caller already did."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(
+            address=cluster.address,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env=worker_runtime_env(),
+        )
+    return ray
+
+
 class RolloutWorker:
     """Body of one Ray actor: a policy copy and a local engine (see the module docstring)."""
 
@@ -83,16 +97,8 @@ class RayEngine:
     """Shards each generate call over Ray actors; see the module docstring."""
 
     def __init__(self, cfg: Any, *, model_path: str, lora_dir: str | None = None):
-        ray = import_ray()
-        self.ray = ray
         c = cfg.cluster
-        if not ray.is_initialized():
-            ray.init(
-                address=c.address,
-                include_dashboard=False,
-                log_to_driver=False,
-                runtime_env=worker_runtime_env(),
-            )
+        ray = self.ray = connect(c)
         actor = ray.remote(RolloutWorker).options(
             num_cpus=c.cpus_per_worker, num_gpus=c.gpus_per_worker
         )

@@ -17,14 +17,20 @@ def is_peft(model: nn.Module) -> bool:
 
 
 def policy_weights(model: nn.Module) -> dict[str, Tensor]:
-    """Detached CPU tensors: adapter weights for a peft model, else the full state dict."""
+    """Detached CPU tensors: adapter weights for a peft model, else the full state dict.
+    Parameters sharded by FSDP (DTensors) are gathered whole: then every rank of the
+    group must call this, in step."""
     if is_peft(model):
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(model)
     else:
         state = model.state_dict()
-    return {k: v.detach().cpu() for k, v in state.items()}
+    return {k: _full(v).detach().cpu() for k, v in state.items()}
+
+
+def _full(t: Tensor) -> Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t  # a DTensor shard -> whole
 
 
 def load_policy_weights(model: nn.Module, weights: Mapping[str, Tensor]) -> None:

@@ -230,6 +230,19 @@ class ClusterConfig:
     )
     cpus_per_worker: float = _f(1.0, "CPUs reserved per rollout actor")
     gpus_per_worker: float = _f(0.0, "GPUs reserved per rollout actor (vLLM: 1)")
+    trainer_workers: int = _f(
+        1,
+        "trainer ranks: 1 = the update runs in this process; W > 1 = a Ray actor group "
+        "(torch.distributed, needs cluster=ray), micro-batch i on rank i % W",
+    )
+    sharding: str = _f(
+        "ddp",
+        "how trainer ranks hold the model: ddp = a full copy each, gradients all-reduced; "
+        "fsdp = torch FSDP2, parameters and optimizer sharded per decoder layer",
+        ("ddp", "fsdp"),
+    )
+    cpus_per_trainer: float = _f(1.0, "CPUs reserved per trainer rank (its torch threads)")
+    gpus_per_trainer: int = _f(0, "GPUs per trainer rank: 0 = CPU (gloo), 1 = one GPU each (NCCL)")
 
 
 @dataclass
@@ -341,6 +354,7 @@ def validate(cfg: TrainConfig) -> None:
         "keep_checkpoints",
         "task.test_size",
         "cluster.rollout_workers",
+        "cluster.trainer_workers",
         "rollout.vllm.tensor_parallel_size",
         "eval_k",
     ]
@@ -397,6 +411,22 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.cluster.cpus_per_worker < 0 or cfg.cluster.gpus_per_worker < 0:
         raise ConfigError("cluster.cpus_per_worker and cluster.gpus_per_worker must be >= 0")
+    c = cfg.cluster
+    if c.trainer_workers > 1 and c.mode != "ray":
+        raise ConfigError(
+            f"cluster.trainer_workers={c.trainer_workers} runs the trainer as Ray actors; "
+            "add cluster=ray (or set cluster.trainer_workers=1)"
+        )
+    if c.gpus_per_trainer not in (0, 1) or c.cpus_per_trainer < 0:
+        raise ConfigError(
+            "cluster.gpus_per_trainer must be 0 (CPU) or 1 (one GPU per rank) and "
+            "cluster.cpus_per_trainer >= 0"
+        )
+    if c.trainer_workers > 1 and c.sharding == "fsdp" and lora.r:
+        raise ConfigError(
+            "cluster.sharding=fsdp does not shard LoRA runs; use cluster.sharding=ddp "
+            "(only the adapters train, the frozen base is one copy per rank)"
+        )
     if cfg.reward.timeout <= 0 or cfg.reward.workers < 0:
         raise ConfigError("reward.timeout must be > 0 and reward.workers >= 0")
 

@@ -63,11 +63,7 @@ class MasterWeightAdamW:
             if m is not p:
                 m.grad = p.grad.float()
         grads = [m.grad for _, m in pairs]
-        norm = (
-            float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
-            if grads
-            else 0.0
-        )
+        norm = self.grad_norm(grads)
         if not math.isfinite(norm):
             self.zero_grad()
             return norm
@@ -82,6 +78,12 @@ class MasterWeightAdamW:
                     p.copy_(m)
         self.zero_grad()
         return norm
+
+    def grad_norm(self, grads: list[Tensor]) -> float:
+        """Global L2 norm of `grads` (a sharded optimizer overrides this to reduce it)."""
+        if not grads:
+            return 0.0
+        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
 
     def zero_grad(self) -> None:
         for p, m in zip(self.params, self.masters, strict=True):

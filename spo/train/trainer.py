@@ -42,14 +42,11 @@ from spo.algo import (
     advantage_variance,
     degenerate_fraction,
     policy_drift,
-    ppo_clip_loss,
     replay_divergence,
     rho_from_divergence,
     small_advantage_fraction,
-    tis_weight,
 )
 from spo.diagnostics import write_diagnostics
-from spo.logprobs import completion_logp
 from spo.models import load_policy
 from spo.rewards import RewardPool
 from spo.rollout.batch import pack, pad_logp
@@ -65,6 +62,7 @@ from spo.train.heap import trim_heap
 from spo.train.logging import RunLogger, truncate_metrics
 from spo.train.optim import MasterWeightAdamW
 from spo.train.replay import ReplayStore
+from spo.train.update import LocalUpdate
 from spo.train.values import load_values
 
 
@@ -121,8 +119,9 @@ class Trainer:
         self.eval_examples = self.task.test[: cfg.eval_size]
 
         model_source = str(resume_from) if resume_from else cfg.model.path
+        group = cfg.cluster.trainer_workers > 1  # the update runs in Ray trainer ranks
         self.model, self.tokenizer = load_policy(
-            model_source, dtype=cfg.model.dtype, device=cfg.model.device
+            model_source, dtype=cfg.model.dtype, device="cpu" if group else cfg.model.device
         )
         if cfg.model.lora.r and not is_peft(self.model):  # a resumed LoRA run loads its adapter
             from spo.lora import apply_lora
@@ -139,12 +138,18 @@ class Trainer:
         self.rewards = RewardPool(
             self.task.verifier, timeout=cfg.reward.timeout, workers=cfg.reward.workers
         )
-        self.optimizer = MasterWeightAdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=cfg.optim.lr,
-            weight_decay=cfg.optim.weight_decay,
-            max_grad_norm=cfg.optim.max_grad_norm,
-        )
+        if group:  # ranks hold policy + optimizer; self.model is the driver's CPU copy
+            from spo.train.distributed import TrainerGroup
+
+            self.optimizer = self.updater = TrainerGroup(cfg, model_source, self.model)
+        else:
+            self.optimizer = MasterWeightAdamW(
+                [p for p in self.model.parameters() if p.requires_grad],
+                lr=cfg.optim.lr,
+                weight_decay=cfg.optim.weight_decay,
+                max_grad_norm=cfg.optim.max_grad_norm,
+            )
+            self.updater = LocalUpdate(self.model, self.optimizer, cfg)
 
         n = len(self.train_examples)
         t = cfg.tracker
@@ -417,97 +422,24 @@ class Trainer:
     def _update(
         self, batch, adv_B: torch.Tensor, rollouts, stale_B: torch.Tensor | None = None
     ) -> tuple[dict[str, float], torch.Tensor]:
-        """PPO-clip updates over `updates_per_step` mini-batches; returns stats and the
-        pre-update log-probs (needed by the drift/replay estimators).
-
-        Rows marked in `stale_B` (async rollouts older than rollout.max_staleness) take
-        their stored behaviour log-probs as old_logp: the importance ratio is against the
-        policy that sampled them. With loss.tis_cap, tokens are weighted by the truncated
-        ratio of trainer to engine log-probs."""
-        cfg = self.cfg
-        B = adv_B.shape[0]
-        n_updates = cfg.optim.updates_per_step
-        mb = B // n_updates
-        micro = cfg.optim.micro_batch_size
-        temperature = cfg.rollout.temperature or 1.0
-        dev = next(self.model.parameters()).device  # bookkeeping stays on the CPU
-        mask_BT = batch.completion_mask_BT
-        old_logp_BT = torch.zeros(mask_BT.shape, dtype=torch.float32)
+        """PPO-clip updates (`spo.train.update.ppo_update`, here or in the trainer group);
+        returns stats and the pre-update log-probs (needed by the drift/replay estimators).
+        Behaviour log-probs go along for stale async rows and loss.tis_cap."""
         behaviour_BT = None
-        if cfg.loss.tis_cap or stale_B is not None:
-            behaviour_BT = pad_logp(rollouts.logp, mask_BT.shape[1])
-        if n_updates > 1:  # later mini-batches need log-probs of the policy before the step
-            with torch.no_grad():
-                for idx in batch.micro_batches(0, B, micro):
-                    lp = completion_logp(self.model, batch.select(idx), temperature=temperature)
-                    old_logp_BT[idx, : lp.shape[1]] = lp.cpu()
-        self.model.train()
-        sums: dict[str, float] = {}
-        losses, grad_norms = [], []
-        for u in range(n_updates):
-            lo_u, hi_u = u * mb, (u + 1) * mb
-            mb_mask = mask_BT[lo_u:hi_u]
-            # The mini-batch's global normaliser makes micro-batch losses sum to the exact
-            # mini-batch aggregate (tokens for token-mean, non-empty rows for seq-mean).
-            normalizer = float(
-                mb_mask.sum() if cfg.loss.agg == "token-mean" else (mb_mask.sum(1) > 0).sum()
-            )
-            loss_total = 0.0
-            for idx in batch.micro_batches(lo_u, hi_u, micro):
-                sub = batch.select(idx)
-                logp_bt = completion_logp(self.model, sub, temperature=temperature)
-                T = logp_bt.shape[1]
-                if n_updates == 1:  # on-policy: the pre-update log-probs are these, detached
-                    old_logp_BT[idx, :T] = logp_bt.detach().cpu()
-                old_bt = old_logp_BT[idx, :T]
-                if stale_B is not None:
-                    old_bt = torch.where(stale_B[idx, None], behaviour_BT[idx, :T], old_bt)
-                old_bt = old_bt.to(dev)
-                sub_mask_bt = sub.completion_mask_BT.to(dev)
-                weight_bt, tis_stats = None, {}
-                if cfg.loss.tis_cap:
-                    weight_bt, tis_stats = tis_weight(
-                        old_bt,
-                        behaviour_BT[idx, :T].to(dev),
-                        sub_mask_bt,
-                        tis_cap=cfg.loss.tis_cap,
-                    )
-                loss, stats = ppo_clip_loss(
-                    logp_bt,
-                    old_bt,
-                    adv_B[idx].to(dev),
-                    sub_mask_bt,
-                    eps_low=cfg.loss.eps_low,
-                    eps_high=cfg.loss.eps_high,
-                    dual_clip=cfg.loss.dual_clip,
-                    agg=cfg.loss.agg,
-                    normalizer=max(normalizer, 1.0),
-                    weight_BT=weight_bt,
-                )
-                loss.backward()
-                loss_total += float(loss.detach())
-                for key, value in {**stats, **tis_stats}.items():
-                    sums[key] = sums.get(key, 0.0) + float(value) * len(idx)
-            grad_norms.append(self.optimizer.step())
-            losses.append(loss_total)
-        self.model.eval()
-        out = {f"train/{k}": v / B for k, v in sums.items()}
-        out["train/loss"] = float(np.mean(losses))
-        out["train/grad_norm"] = float(np.mean(grad_norms))
-        return out, old_logp_BT
+        if self.cfg.loss.tis_cap or stale_B is not None:
+            behaviour_BT = pad_logp(rollouts.logp, batch.completion_mask_BT.shape[1])
+        return self.updater.update(batch, adv_B, behaviour_BT, stale_B)
 
     def _forgetting(self, ids_B, batch, rollouts, old_logp_BT):
         """rho per sample: constant, cumulative drift (O(1)/prompt) or replay (reference)."""
         t = self.cfg.tracker
-        temperature = self.cfg.rollout.temperature or 1.0
         clip = {"d_half": t.d_half, "rho_min": t.rho_min, "rho_max": t.rho_max}
         if t.rho == "constant":
             return t.rho_constant, {}
         if t.rho == "drift":
             n = min(t.drift_sample, len(ids_B))
             sub = batch.select(torch.arange(n))
-            with torch.no_grad():
-                new = completion_logp(self.model, sub, temperature=temperature).cpu()
+            new = self.updater.logp(sub)
             step_drift = float(
                 policy_drift(new, old_logp_BT[:n, : new.shape[1]], sub.completion_mask_BT)
             )
@@ -526,12 +458,12 @@ class Trainer:
                     [s[0].tolist() for s in stored],
                     pad_id=self.tokenizer.pad_token_id,
                 )
-                new = completion_logp(self.model, old, temperature=temperature).cpu()
+                new = self.updater.logp(old)
                 stored_BT = torch.zeros_like(new)
                 for row, (_, lp) in enumerate(stored):
                     stored_BT[row, : len(lp)] = torch.from_numpy(lp)
                 d_B[known] = replay_divergence(new, stored_BT, old.completion_mask_BT).numpy()
-            after = completion_logp(self.model, batch, temperature=temperature).cpu()
+            after = self.updater.logp(batch)
         lengths = batch.completion_mask_BT.sum(1).tolist()
         for row, pid in enumerate(ids_B):
             n_tok = int(lengths[row])
@@ -658,6 +590,8 @@ class Trainer:
     def close(self) -> None:
         if hasattr(self.engine, "close"):
             self.engine.close()
+        if hasattr(self.updater, "close"):
+            self.updater.close()
         if self.scheduler is not None:
             self.scheduler.close()
         self.rewards.close()

@@ -10,6 +10,7 @@ import torch
 from test_trainer import params_of, tiny_overrides
 
 import spo.train.trainer as trainer_module
+import spo.train.update as update_module
 from spo.logprobs import completion_logp
 from spo.rollout.batch import Rollouts, pack
 from spo.train.config import load_config
@@ -123,7 +124,7 @@ def test_stale_samples_train_against_behaviour_logp(
         **{"rollout.max_staleness": 0, "rollout.staleness": "reweight"},
     )
     captured = []
-    real_loss = trainer_module.ppo_clip_loss
+    real_loss = update_module.ppo_clip_loss
 
     def spy(logp, old, adv, mask, **kw):
         captured.append((logp.detach().clone(), old.clone(), mask.clone()))
@@ -137,7 +138,7 @@ def test_stale_samples_train_against_behaviour_logp(
         batches.append(fb)
         return fb
 
-    monkeypatch.setattr(trainer_module, "ppo_clip_loss", spy)
+    monkeypatch.setattr(update_module, "ppo_clip_loss", spy)
     monkeypatch.setattr(trainer.scheduler, "next_batch", next_spy)
     try:
         trainer.run()
