@@ -78,16 +78,22 @@ def _arm(name: str, batch, adv_B, args) -> dict:
     mask_BT = batch.completion_mask_BT
     normalizer = float(mask_BT.sum())
 
-    def logp_all(grad: bool):
+    def logp_all(policy):
         out = torch.zeros(mask_BT.shape)
-        with torch.set_grad_enabled(grad):
+        with torch.no_grad():
             for idx in batch.micro_batches(0, B, args.micro):
-                lp = completion_logp(model, batch.select(idx))
-                out[idx, : lp.shape[1]] = lp.detach()
+                lp = completion_logp(policy, batch.select(idx))
+                out[idx, : lp.shape[1]] = lp
         return out
 
-    old_BT = logp_all(grad=False)
-    losses, dlogp, seconds = [], [], []
+    def delta(policy) -> float:
+        return float(((logp_all(policy) - old_BT) * mask_BT).sum() / mask_BT.sum())
+
+    # the fp32 masters evaluated in fp32: what the optimizer has learned, before the
+    # rounding into the bf16 copy the model computes with
+    shadow = load_policy(DEFAULT_MODEL, dtype="float32")[0] if name == "bf16+masters" else None
+    old_BT = logp_all(model)
+    losses, dlogp, dlogp_masters, seconds = [], [], [], []
     model.train()
     for _ in range(args.updates):
         t0 = time.perf_counter()
@@ -109,13 +115,22 @@ def _arm(name: str, batch, adv_B, args) -> dict:
             opt.step()
         seconds.append(time.perf_counter() - t0)
         losses.append(total)
-        now_BT = logp_all(grad=False)
-        dlogp.append(float(((now_BT - old_BT) * mask_BT).sum() / mask_BT.sum()))
+        model.eval()
+        dlogp.append(delta(model))
+        if shadow is not None:
+            with torch.no_grad():
+                for dst, master in zip(shadow.parameters(), opt.masters, strict=True):
+                    dst.copy_(master)
+            dlogp_masters.append(delta(shadow))
+        model.train()
         print(
             f"  {name:13s} update {len(losses):2d}: loss {total:+.5f}  Δlogp {dlogp[-1]:+.5f}",
             flush=True,
         )
-    return {"loss": losses, "delta_logp": dlogp, "s_per_update": sum(seconds) / len(seconds)}
+    out = {"loss": losses, "delta_logp": dlogp, "s_per_update": sum(seconds) / len(seconds)}
+    if dlogp_masters:
+        out["delta_logp_masters_fp32"] = dlogp_masters
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         gap = max(abs(a - b) for a, b in zip(arm["delta_logp"], ref["delta_logp"], strict=True))
         arm["max_gap_delta_logp"] = gap
         arm["max_gap_relative"] = gap / moved
+        if "delta_logp_masters_fp32" in arm:
+            pairs = zip(arm["delta_logp_masters_fp32"], ref["delta_logp"], strict=True)
+            arm["masters_max_gap_relative"] = max(abs(a - b) for a, b in pairs) / moved
         arm["speedup_vs_fp32"] = ref["s_per_update"] / arm["s_per_update"]
     result = {
         "benchmark": "precision",
@@ -161,22 +179,32 @@ def main(argv: list[str] | None = None) -> int:
         f"SmolLM2-135M-Instruct, one fixed batch of {len(batch)} SPO samples (arithmetic, "
         f"{args.new_tokens} new tokens), {args.updates} PPO-clip updates at lr {args.lr:g}.",
         "",
-        "| update | " + " | ".join(f"{n} loss | {n} Δlogp" for n in arms) + " |",
-        "|---|" + "---|---|" * len(arms),
+        "Δlogp: mean change of the batch's completion-token log-probs since the start. For "
+        "bf16+masters, `bf16 copy` is the model the trainer computes and samples with, "
+        "`masters` the optimizer's fp32 master weights evaluated in fp32.",
+        "",
+        "| update | fp32 loss | fp32 Δlogp | bf16+masters loss | Δlogp bf16 copy | "
+        "Δlogp masters | bf16 AdamW loss | bf16 AdamW Δlogp |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    f32, mw, raw = arms["fp32"], arms["bf16+masters"], arms["bf16 AdamW"]
     for i in range(args.updates):
-        cells = [f"{a['loss'][i]:+.5f} | {a['delta_logp'][i]:+.5f}" for a in arms.values()]
-        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {i + 1} | {f32['loss'][i]:+.4f} | {f32['delta_logp'][i]:+.4f} | "
+            f"{mw['loss'][i]:+.4f} | {mw['delta_logp'][i]:+.4f} | "
+            f"{mw['delta_logp_masters_fp32'][i]:+.4f} | {raw['loss'][i]:+.4f} | "
+            f"{raw['delta_logp'][i]:+.4f} |"
+        )
     lines += [
         "",
-        "| arm | s/update | speed vs fp32 | max gap to fp32's Δlogp | gap / fp32's movement |",
-        "|---|---|---|---|---|",
+        "| arm | s/update | speed vs fp32 | max gap to fp32's Δlogp, / fp32's movement |",
+        "|---|---|---|---|",
     ]
     for name, a in arms.items():
-        lines.append(
-            f"| {name} | {a['s_per_update']:.1f} | {a['speedup_vs_fp32']:.2f}x | "
-            f"{a['max_gap_delta_logp']:.5f} | {100 * a['max_gap_relative']:.0f}% |"
-        )
+        gap = f"{100 * a['max_gap_relative']:.0f}%"
+        if "masters_max_gap_relative" in a:
+            gap += f" (masters: {100 * a['masters_max_gap_relative']:.0f}%)"
+        lines.append(f"| {name} | {a['s_per_update']:.1f} | {a['speedup_vs_fp32']:.2f}x | {gap} |")
     lines += ["", "Command:", "", "```", "python bench/precision.py", "```", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -7,10 +7,10 @@ dynamic cache grows by `torch.cat` every token (46% of a step for SmolLM2-135M a
 dozens of small ops. Here, per layer and step: one fused QKV matmul, RoPE on q and k
 together, a write into a preallocated `(B, H_kv, S_max, d)` cache, attention as two
 batched matmuls over the whole (contiguous) cache with an additive mask for padding and
-not-yet-written columns, one fused gate/up matmul. On CPU every bf16 weight is reordered once into oneDNN's
-blocked layout (`_Linear`: -20% decode time, same tokens). Finished rows can be dropped
-from the batch (`keep`). The weights are read from the model when the decoder is built (once per
-`generate` call), so training updates are always seen.
+not-yet-written columns, one fused gate/up matmul. On CPU every bf16 weight is reordered
+once into oneDNN's blocked layout (`_Linear`: -20% decode time, same tokens). Finished
+rows can be dropped from the batch (`keep`). The weights are read from the model when the
+decoder is built (once per `generate` call), so training updates are always seen.
 
 The maths is the model's own (same RMSNorm, RoPE tables from the model's rotary module,
 GQA, SiLU MLP, tied or untied head), so log-probs agree with `completion_logp` up to bf16
