@@ -25,8 +25,8 @@ consecutive `on_step_end` callbacks.
 Roofline: the best of several 2048^3 bf16 matmuls (before and after the arms) gives the
 machine's FLOP/s bound; generation tokens/s x 2·params and training tokens/s x 6·params
 (params = all parameters, the tied embedding counted once as it is the LM head's matmul)
-are reported as fractions of it. Training tokens are the real (unpadded) prompt + completion tokens of the forward pass
-with grad, timed over forward + backward.
+are reported as fractions of it. Training tokens are the real (unpadded) prompt +
+completion tokens of the forward pass with grad, timed over forward + backward.
 
 Then one spo-rl SPO step is profiled (py-spy, Python stacks) and the torch profiler's op
 table of one step is written; summaries go to bench/profile/.
