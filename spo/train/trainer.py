@@ -58,7 +58,7 @@ from spo.sandbox import SandboxError
 from spo.tasks import load_task
 from spo.train import checkpoint as ckpt
 from spo.train.config import TrainConfig, to_dict, to_yaml
-from spo.train.heap import trim_heap
+from spo.train.heap import TRIM_EVERY, trim_heap
 from spo.train.logging import RunLogger, truncate_metrics
 from spo.train.optim import MasterWeightAdamW
 from spo.train.replay import ReplayStore
@@ -400,7 +400,8 @@ class Trainer:
 
         rho, rho_stats = self._forgetting(ids_B, batch, rollouts, old_logp_BT)
         self.tracker.update(ids_B, reward_B.numpy(), rho, step=step)
-        trim_heap()  # freed activations back to the OS: RSS stays flat (spo.train.heap)
+        if step % TRIM_EVERY == 0:  # freed activations back to the OS (spo.train.heap)
+            trim_heap()
         t_end = time.perf_counter()
 
         self.step = step
