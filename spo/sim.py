@@ -765,48 +765,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.dist,
         help=f"generation-time distribution (default {d.dist})",
     )
-    g.add_argument(
-        "--median",
-        type=float,
-        default=d.median,
-        help=f"median of the base time, s (default {d.median:g})",
-    )
-    g.add_argument(
-        "--sigma",
-        type=float,
-        default=d.sigma,
-        help=f"lognormal shape, for lognormal and tool (default {d.sigma:g})",
-    )
-    g.add_argument(
-        "--alpha",
-        type=float,
-        default=d.alpha,
-        help=f"Pareto tail index, for pareto and each tool call (default {d.alpha:g})",
-    )
-    g.add_argument(
-        "--tool-calls",
-        type=float,
-        default=d.tool_calls,
-        help=f"mean tool calls per sample, Poisson (default {d.tool_calls:g})",
-    )
-    g.add_argument(
-        "--tool-median",
-        type=float,
-        default=d.tool_median,
-        help=f"median latency of one tool call, s (default {d.tool_median:g})",
-    )
-    g.add_argument(
-        "--straggler-frac",
-        type=float,
-        default=d.straggler_frac,
-        help=f"fraction of samples slowed down (default {d.straggler_frac:g})",
-    )
-    g.add_argument(
-        "--straggler-mult",
-        type=float,
-        default=d.straggler_mult,
-        help=f"slow-down of a straggler (default {d.straggler_mult:g})",
-    )
+    for flag, text in (
+        ("--median", "median of the base time, s"),
+        ("--sigma", "lognormal shape, for lognormal and tool"),
+        ("--alpha", "Pareto tail index, for pareto and each tool call"),
+        ("--tool-calls", "mean tool calls per sample, Poisson"),
+        ("--tool-median", "median latency of one tool call, s"),
+        ("--straggler-frac", "fraction of samples slowed down"),
+        ("--straggler-mult", "slow-down of a straggler"),
+    ):
+        default = getattr(d, flag[2:].replace("-", "_"))
+        g.add_argument(flag, type=float, default=default, help=f"{text} (default {default:g})")
     g = parser.add_argument_group("batch")
     g.add_argument(
         "--group-size",
