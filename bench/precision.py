@@ -6,7 +6,9 @@ PPO-clip updates, the same way `Trainer._update` does (micro-batches, token-mean
 the demo's lr / clipping), by three arms that start from the same weights:
 
   fp32            fp32 weights and matmuls, torch AdamW (the reference)
-  bf16+masters    bf16 weights and matmuls, `MasterWeightAdamW` (what spo-rl trains with)
+  bf16+masters SR bf16 weights and matmuls, `MasterWeightAdamW`, masters rounded into the
+                  model stochastically (what spo-rl trains with: optim.rounding=stochastic)
+  bf16+masters RN the same with round-to-nearest (optim.rounding=nearest)
   bf16 AdamW      bf16 weights, torch AdamW directly on them (the negative control)
 
 Recorded per update: the PPO loss and the mean log-prob change of the batch's completion
@@ -14,7 +16,7 @@ tokens since the start (both under each arm's own weights). The summary gives th
 gap to the fp32 curve, relative to how far the fp32 curve moved, and the wall time per
 update of each arm.
 
-Run from the repository root (about 6 minutes on 2 cores):
+Run from the repository root (about 12 minutes on 2 cores):
 
     .venv/bin/python bench/precision.py        # writes bench/results/precision.{json,md}
 """
@@ -70,8 +72,12 @@ def _arm(name: str, batch, adv_B, args) -> dict:
     dtype = "float32" if name == "fp32" else "bfloat16"
     model, _ = load_policy(DEFAULT_MODEL, dtype=dtype)
     params = [p for p in model.parameters() if p.requires_grad]
-    if name == "bf16+masters":
-        opt = MasterWeightAdamW(params, lr=args.lr, max_grad_norm=1.0)
+    masters = name.startswith("bf16+masters")
+    if masters:
+        rounding = "stochastic" if name.endswith("SR") else "nearest"
+        opt = MasterWeightAdamW(
+            params, lr=args.lr, max_grad_norm=1.0, rounding=rounding, seed=args.seed
+        )
     else:
         opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     B = len(batch)
@@ -91,7 +97,7 @@ def _arm(name: str, batch, adv_B, args) -> dict:
 
     # the fp32 masters evaluated in fp32: what the optimizer has learned, before the
     # rounding into the bf16 copy the model computes with
-    shadow = load_policy(DEFAULT_MODEL, dtype="float32")[0] if name == "bf16+masters" else None
+    shadow = load_policy(DEFAULT_MODEL, dtype="float32")[0] if masters else None
     old_BT = logp_all(model)
     losses, dlogp, dlogp_masters, seconds = [], [], [], []
     model.train()
@@ -108,7 +114,7 @@ def _arm(name: str, batch, adv_B, args) -> dict:
             )
             loss.backward()
             total += float(loss.detach())
-        if name == "bf16+masters":
+        if masters:
             opt.step()
         else:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -146,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     batch, adv_B, reward_mean = _rollouts(args)
     print(f"batch: {len(batch)} samples, reward mean {reward_mean:.3f}", flush=True)
-    arms = {name: _arm(name, batch, adv_B, args) for name in ("fp32", "bf16+masters", "bf16 AdamW")}
+    names = ("fp32", "bf16+masters SR", "bf16+masters RN", "bf16 AdamW")
+    arms = {name: _arm(name, batch, adv_B, args) for name in names}
     ref = arms["fp32"]
     moved = max(abs(x) for x in ref["delta_logp"]) or 1.0
     for arm in arms.values():
@@ -179,22 +186,23 @@ def main(argv: list[str] | None = None) -> int:
         f"SmolLM2-135M-Instruct, one fixed batch of {len(batch)} SPO samples (arithmetic, "
         f"{args.new_tokens} new tokens), {args.updates} PPO-clip updates at lr {args.lr:g}.",
         "",
-        "Δlogp: mean change of the batch's completion-token log-probs since the start. For "
-        "bf16+masters, `bf16 copy` is the model the trainer computes and samples with, "
-        "`masters` the optimizer's fp32 master weights evaluated in fp32.",
+        "Δlogp: mean change of the batch's completion-token log-probs since the start, "
+        "under each arm's own weights: for the bf16+masters arms the bf16 model the trainer "
+        "computes and samples with (in brackets: the fp32 masters evaluated in fp32). SR = "
+        "stochastic rounding of the masters into the model (the default), RN = "
+        "round-to-nearest.",
         "",
-        "| update | fp32 loss | fp32 Δlogp | bf16+masters loss | Δlogp bf16 copy | "
-        "Δlogp masters | bf16 AdamW loss | bf16 AdamW Δlogp |",
-        "|---|---|---|---|---|---|---|---|",
+        "| update | " + " | ".join(f"{n} loss | {n} Δlogp" for n in names) + " |",
+        "|---|" + "---|---|" * len(names),
     ]
-    f32, mw, raw = arms["fp32"], arms["bf16+masters"], arms["bf16 AdamW"]
     for i in range(args.updates):
-        lines.append(
-            f"| {i + 1} | {f32['loss'][i]:+.4f} | {f32['delta_logp'][i]:+.4f} | "
-            f"{mw['loss'][i]:+.4f} | {mw['delta_logp'][i]:+.4f} | "
-            f"{mw['delta_logp_masters_fp32'][i]:+.4f} | {raw['loss'][i]:+.4f} | "
-            f"{raw['delta_logp'][i]:+.4f} |"
-        )
+        cells = []
+        for a in arms.values():
+            d = f"{a['delta_logp'][i]:+.4f}"
+            if "delta_logp_masters_fp32" in a:
+                d += f" ({a['delta_logp_masters_fp32'][i]:+.4f})"
+            cells += [f"{a['loss'][i]:+.4f}", d]
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| arm | s/update | speed vs fp32 | max gap to fp32's Δlogp, / fp32's movement |",

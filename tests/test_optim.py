@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from spo.train.optim import MasterWeightAdamW
+from spo.train.optim import MasterWeightAdamW, stochastic_round_bf16_
 
 
 def make_params(dtype, seed=0):
@@ -40,7 +40,7 @@ def test_tiny_lr_updates_survive_bf16():
     start = [p.detach().clone() for p in naive]
     opt_naive = torch.optim.AdamW(naive, lr=lr, weight_decay=0.0)
     ours = [torch.nn.Parameter(s.clone()) for s in start]
-    opt = MasterWeightAdamW(ours, lr=lr, max_grad_norm=None)
+    opt = MasterWeightAdamW(ours, lr=lr, max_grad_norm=None, rounding="nearest")
     for _ in range(steps):
         # constant-sign gradient: every AdamW step moves each weight by ~lr
         set_grads(naive, [torch.ones(p.shape) for p in naive])
@@ -65,7 +65,7 @@ def test_matches_fp32_adamw(max_grad_norm):
             r.copy_(o.float())
     kw = {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1}
     opt_ref = torch.optim.AdamW(ref, **kw)
-    opt = MasterWeightAdamW(ours, max_grad_norm=max_grad_norm, **kw)
+    opt = MasterWeightAdamW(ours, max_grad_norm=max_grad_norm, rounding="nearest", **kw)
     for step in range(5):
         gs = grads(step, ref)
         set_grads(ref, gs)
@@ -143,3 +143,74 @@ def test_clipping_and_non_finite_step_is_skipped():
     set_grads(params, [torch.full(p.shape, float("inf")) for p in params])
     assert opt.step() == float("inf")
     assert all(torch.equal(b, m) for b, m in zip(before, opt.masters, strict=True))
+
+
+def _bf16_neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bf16 values just below and above |x| (towards and away from zero)."""
+    bits = x.view(torch.int32) & -65536
+    down = bits.view(torch.float32)
+    up = (bits + 65536).view(torch.float32)
+    return down, up
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_stochastic_rounding_is_unbiased_and_picks_a_neighbour(sign):
+    gen = torch.Generator().manual_seed(0)
+    # 0.05 sits in [2^-5, 2^-4): bf16 spacing 2^-12; put x at 30% of the way up
+    ulp = 2.0**-12
+    base = torch.tensor(0.05).to(torch.bfloat16).float()
+    x = torch.full((200_000,), float(sign * (base.abs() + 0.3 * ulp)))
+    out = torch.empty(x.shape, dtype=torch.bfloat16)
+    stochastic_round_bf16_(out, x, gen)
+    down, up = _bf16_neighbours(x[:1])
+    values = set(out.float().unique().tolist())
+    assert values == {float(down), float(up)}
+    assert float((out.float() == up).float().mean()) == pytest.approx(0.3, abs=0.005)
+    assert float(out.float().mean()) == pytest.approx(float(x[0]), abs=ulp * 0.005)
+    # round-to-nearest loses the offset entirely
+    assert float(x.to(torch.bfloat16).float().mean()) == float(base) * sign
+
+
+def test_stochastic_rounding_keeps_values_already_on_the_grid():
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(10_000) * 0.1).to(torch.bfloat16).float()
+    out = torch.empty(x.shape, dtype=torch.bfloat16)
+    stochastic_round_bf16_(out, x, gen)
+    assert torch.equal(out.float(), x)
+
+
+def test_stochastic_rounding_lets_tiny_updates_reach_bf16_weights():
+    """lr 1e-6 on weights ~0.05 (spacing 2.4e-4): nearest never moves the bf16 copy,
+    stochastic rounding moves it by lr * steps on average."""
+    lr, steps = 1e-6, 20
+    torch.manual_seed(0)
+    start = (0.05 + 0.01 * torch.rand(20_000)).to(torch.bfloat16)
+    arms = {}
+    for rounding in ("nearest", "stochastic"):
+        p = torch.nn.Parameter(start.clone())
+        opt = MasterWeightAdamW([p], lr=lr, max_grad_norm=None, rounding=rounding, seed=3)
+        for _ in range(steps):
+            p.grad = torch.ones(p.shape, dtype=torch.bfloat16)
+            opt.step()
+        arms[rounding] = float((start.float() - p.detach().float()).mean())
+    assert arms["nearest"] == 0.0
+    assert arms["stochastic"] == pytest.approx(lr * steps, rel=0.1)
+
+
+def test_stochastic_rounding_is_reproducible_from_the_seed():
+    def run(seed):
+        params = make_params(torch.bfloat16)
+        opt = MasterWeightAdamW(params, lr=1e-3, seed=seed)
+        for step in range(3):
+            set_grads(params, grads(step, params))
+            opt.step()
+        return [p.detach().clone() for p in params]
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_unknown_rounding_is_refused():
+    with pytest.raises(ValueError, match="rounding"):
+        MasterWeightAdamW(make_params(torch.bfloat16), lr=1e-3, rounding="floor")

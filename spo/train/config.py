@@ -208,6 +208,12 @@ class OptimConfig:
     lr: float = _f(2e-5, "learning rate (constant; paper: 1e-6 for 8B)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     max_grad_norm: float | None = _f(1.0, "gradient clipping (null = off)")
+    rounding: str = _f(
+        "stochastic",
+        "how fp32 master weights are rounded into the bf16 model after each update: "
+        "stochastic = unbiased (small updates reach the model), nearest = round-to-nearest",
+        ("stochastic", "nearest"),
+    )
     updates_per_step: int = _f(1, "optimizer updates (mini-batches) per rollout batch")
     micro_batch_size: int = _f(16, "sequences per forward/backward (gradient accumulation)")
 

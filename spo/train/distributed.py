@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from spo.logprobs import completion_logp
 from spo.rollout.batch import PackedBatch
 from spo.rollout.weights import is_peft, load_policy_weights, policy_weights
-from spo.train.optim import MasterWeightAdamW
+from spo.train.optim import MasterWeightAdamW, optimizer_from_config
 from spo.train.update import Comm, ppo_update, rows_logp
 
 
@@ -77,6 +77,10 @@ class RankComm(Comm):
 class ShardedMasterWeightAdamW(MasterWeightAdamW):
     """`MasterWeightAdamW` over FSDP2 parameters (DTensor shards): masters, moments and
     the update stay sharded (DTensor ops); only the clipping norm needs a reduction."""
+
+    def _rounding_seed(self) -> int:
+        # each shard holds different weights: its own bits, not a copy of rank 0's
+        return (super()._rounding_seed() * 8191 + dist.get_rank()) % (1 << 63)
 
     def grad_norm(self, grads: list[Tensor]) -> float:
         sq = torch.zeros((), dtype=torch.float32, device=self.masters[0].device)
@@ -195,12 +199,7 @@ class TrainerRank:
             self.model = policy
             self.logp_fn = lambda sub: completion_logp(policy, sub, temperature=temperature)
         opt = ShardedMasterWeightAdamW if fsdp else MasterWeightAdamW
-        self.optimizer = opt(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=cfg.optim.lr,
-            weight_decay=cfg.optim.weight_decay,
-            max_grad_norm=cfg.optim.max_grad_norm,
-        )
+        self.optimizer = optimizer_from_config(self.model.parameters(), cfg, opt)
         self.comm = RankComm(self.device, fsdp=fsdp)
 
     def _weights(self) -> dict[str, Tensor] | None:
@@ -247,6 +246,7 @@ class TrainerRank:
                 )
 
             state = {
+                **state,
                 "masters": {i: like(i, t) for i, t in state["masters"].items()},
                 "inner": {
                     **state["inner"],

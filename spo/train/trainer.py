@@ -60,7 +60,7 @@ from spo.train import checkpoint as ckpt
 from spo.train.config import TrainConfig, to_dict, to_yaml
 from spo.train.heap import TRIM_EVERY, trim_heap
 from spo.train.logging import RunLogger, truncate_metrics
-from spo.train.optim import MasterWeightAdamW
+from spo.train.optim import optimizer_from_config
 from spo.train.replay import ReplayStore
 from spo.train.update import LocalUpdate
 from spo.train.values import load_values
@@ -143,12 +143,7 @@ class Trainer:
 
             self.optimizer = self.updater = TrainerGroup(cfg, model_source, self.model)
         else:
-            self.optimizer = MasterWeightAdamW(
-                [p for p in self.model.parameters() if p.requires_grad],
-                lr=cfg.optim.lr,
-                weight_decay=cfg.optim.weight_decay,
-                max_grad_norm=cfg.optim.max_grad_norm,
-            )
+            self.optimizer = optimizer_from_config(self.model.parameters(), cfg)
             self.updater = LocalUpdate(self.model, self.optimizer, cfg)
 
         n = len(self.train_examples)
