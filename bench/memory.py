@@ -10,6 +10,9 @@ The trainer calls glibc's `malloc_trim(0)` after every step (`spo.train.heap`). 
 the allocator keeps cached (fragmentation from varying batch shapes), not live objects.
 
 Reported per arm:
+  heap_live_*             glibc mallinfo2 after each step: bytes in live heap chunks and
+                          mmapped blocks (what objects and tensors hold), and its slope;
+                          RSS minus live is allocator cache, not a leak
   rss_slope_mib_per_step  least-squares slope of RSS over steps >= --skip (the first steps
                           allocate the optimizer's fp32 masters, moments and caches)
   rss_growth_mib          RSS(last) - RSS(--skip)
@@ -26,6 +29,7 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime as dt
 import json
 import os
@@ -47,6 +51,29 @@ def _rss_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+            "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _heap_mib() -> tuple[float, float]:
+    """(live, free) MiB of glibc's malloc: live = in-use heap chunks + mmapped blocks,
+    free = heap bytes the allocator holds but nobody uses (what RSS carries beyond live).
+    NaN where glibc's mallinfo2 (2.33+) is missing."""
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return float("nan"), float("nan")
+    fn.restype = _Mallinfo2
+    m = fn()
+    return (m.uordblks + m.hblkhd) / 2**20, m.fordblks / 2**20
 
 
 def _peak_rss_mib() -> float:
@@ -84,11 +111,14 @@ def _child(arm: str, steps: int, samples: int, new_tokens: int, run_dir: str) ->
     t0 = time.perf_counter()
     for i in range(steps):
         m = trainer.train_step()
+        live, free = _heap_mib()
         rows.append(
             {
                 "step": i + 1,
                 "rss_mib": round(_rss_mib(), 2),
                 "peak_rss_mib": round(_peak_rss_mib(), 2),
+                "heap_live_mib": round(live, 2),
+                "heap_free_mib": round(free, 2),
                 "step_s": round(m["time/step"], 3),
                 "replay_bytes": int(trainer.replay.nbytes),
                 "replay_prompts": len(trainer.replay),
@@ -135,6 +165,11 @@ def _summarise(child: dict, skip: int) -> dict:
             _slope([r["step"] for r in tail], [r["rss_mib"] for r in tail]), 4
         ),
         "rss_growth_mib": round(last["rss_mib"] - tail[0]["rss_mib"], 2),
+        "heap_live_slope_mib_per_step": round(
+            _slope([r["step"] for r in tail], [r["heap_live_mib"] for r in tail]), 4
+        ),
+        "heap_live_growth_mib": round(last["heap_live_mib"] - tail[0]["heap_live_mib"], 2),
+        "heap_free_last_mib": last["heap_free_mib"],
         "peak_rss_mib": round(child["peak_rss_mib"], 1),
         "s_per_step": round(child["wall_s"] / len(rows), 2),
         "num_prompts": child["num_prompts"],
@@ -222,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  RSS {summary['rss_at_skip_mib']:.0f} -> {summary['rss_last_mib']:.0f} MiB, slope "
             f"{summary['rss_slope_mib_per_step']:+.3f} MiB/step, peak {summary['peak_rss_mib']:.0f}"
-            f" MiB; replay {summary['replay_bytes_per_stored_prompt']:.0f} B/prompt, drift "
+            f" MiB; live heap slope {summary['heap_live_slope_mib_per_step']:+.3f} MiB/step;"
+            f" replay {summary['replay_bytes_per_stored_prompt']:.0f} B/prompt, drift "
             f"{summary['drift_bytes_per_prompt']:.0f} B/prompt"
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
