@@ -76,6 +76,17 @@ def _heap_mib() -> tuple[float, float]:
     return (m.uordblks + m.hblkhd) / 2**20, m.fordblks / 2**20
 
 
+def _machine() -> dict:
+    import torch
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
@@ -208,18 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.child_out).write_text(json.dumps(res))
         return 0
 
-    import torch
-
     result: dict = {
         "benchmark": "memory",
         "command": "python bench/memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "machine": _machine(),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "settings": {
             "algo": "spo",

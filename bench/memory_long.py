@@ -28,8 +28,6 @@ import datetime as dt
 import gc
 import itertools
 import json
-import os
-import platform
 import sys
 import tempfile
 import tracemalloc
@@ -48,9 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "memory_long.json"))
     args = ap.parse_args(argv)
 
-    import torch
     from conftest import build_tiny_model  # the tests' tiny random Llama
-    from memory import _heap_mib, _rss_mib
+    from memory import _heap_mib, _machine, _rss_mib
 
     from spo.train.config import load_config
     from spo.train.trainer import Trainer
@@ -104,12 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/memory_long.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "machine": _machine(),
         "settings": vars(args),
         "heap_live_growth_mib_per_quarter": growth,
         "traced_mib_first_last": [rows[0]["traced_mib"], rows[-1]["traced_mib"]],

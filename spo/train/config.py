@@ -203,6 +203,9 @@ class LossConfig:
     )
 
 
+ROUNDINGS = ("stochastic", "nearest")  # how masters reach the bf16 model (spo.train.optim)
+
+
 @dataclass
 class OptimConfig:
     lr: float = _f(2e-5, "learning rate (constant; paper: 1e-6 for 8B)")
@@ -212,7 +215,7 @@ class OptimConfig:
         "stochastic",
         "how fp32 master weights are rounded into the bf16 model after each update: "
         "stochastic = unbiased (small updates reach the model), nearest = round-to-nearest",
-        ("stochastic", "nearest"),
+        ROUNDINGS,
     )
     updates_per_step: int = _f(1, "optimizer updates (mini-batches) per rollout batch")
     micro_batch_size: int = _f(16, "sequences per forward/backward (gradient accumulation)")

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-ROUNDINGS = ("stochastic", "nearest")
+from spo.train.config import ROUNDINGS
 
 
 def _local(t: Tensor) -> Tensor:
