@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench mutation clean
 
 install: $(STAMP)
 
@@ -34,5 +34,10 @@ bench: $(STAMP)
 	$(PY) bench/generate_speed.py
 	$(PY) bench/trl_compare.py
 
+# Mutation check of the wiring (bench/mutation.py): named trainer mutants + mutmut over
+# spo/algo and spo/train/trainer.py; writes bench/results/mutation.{json,md}. Long (~1 h).
+mutation: $(STAMP)
+	$(PY) bench/mutation.py --mutmut
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache mutants

@@ -70,6 +70,12 @@ class Task:
     extractor: Extractor
     system_prompt: str | None = None  # the task's own, used when the config sets none
 
+    def chat_system_prompt(self, override: str | None) -> str | None:
+        """The one system-prompt rule of training, evaluation and `spo init-values`: the
+        config's `task.system_prompt` when set, else the task's own (None = the chat
+        template's default)."""
+        return override if override is not None else self.system_prompt
+
     def extract_answer(self, completion: str) -> str | None:
         """The final answer of `completion` (None = extraction failed); maj@k votes on it."""
         return self.extractor(completion)
