@@ -418,3 +418,52 @@ def test_attack_suite_host_is_unchanged():
     keys = Path("/proc/keys").read_text() if Path("/proc/keys").exists() else ""
     assert "spo-plant" not in keys
     assert sandbox.leftover_cgroups() == []
+
+
+def test_no_filter_means_no_isolation(monkeypatch):
+    """Fail closed: without the seccomp filter the isolated levels refuse, like a machine
+    without namespaces; only an explicit allow_unsafe=True runs the code (unisolated)."""
+    monkeypatch.setattr(_isolation, "_filter", (None, "seccomp filter unavailable: test"))
+    monkeypatch.setattr(sandbox, "_probe_cache", {})
+    with pytest.raises(sandbox.SandboxError, match="seccomp filter unavailable: test"):
+        run_python("print(1)")
+    with pytest.raises(sandbox.SandboxError, match="seccomp filter unavailable"):
+        run_python("print(1)", isolation="namespaces")
+    with pytest.warns(RuntimeWarning, match="UNISOLATED"):
+        res = run_python("print(1)", allow_unsafe=True)
+    assert res.isolation == "none" and res.stdout == "1\n"
+
+
+def test_filter_denies_what_the_issue_lists():
+    """The compiled program exists and names every call the red-team used."""
+    program, why = _isolation.seccomp_program()
+    assert why is None and program and len(program) % 8 == 0
+    for name in ("keyctl", "add_key", "request_key", "memfd_create", "shmget", "bpf",
+                 "io_uring_setup", "perf_event_open", "ptrace"):  # fmt: skip
+        assert name in _isolation.DENIED
+
+
+def test_cgroup_v2_files_on_a_fake_tree(tmp_path, monkeypatch):
+    """The v2 path (this suite's machines may only have v1): limits written, kernel
+    records read, the cgroup removed."""
+    from spo.sandbox import _cgroup
+
+    real_mkdir = os.mkdir
+
+    def mkdir(path, mode=0o777):  # what the kernel does on a cgroup mkdir
+        real_mkdir(path, mode)
+        Path(path, "cgroup.procs").touch()
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    layout = _cgroup._Layout(2, {"unified": str(tmp_path)})
+    cg = _cgroup.CallCgroup(layout, 300 * 2**20, 17)
+    d = Path(cg.memory_dir)
+    assert (d / "memory.max").read_text() == str(300 * 2**20)
+    assert (d / "pids.max").read_text() == "17" and (d / "memory.swap.max").read_text() == "0"
+    assert len(cg.fds) == 1
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
+    (d / "memory.peak").write_text(str(200 * 2**20))
+    (d / "memory.stat").write_text("anon 1\nshmem 0\n")
+    cg._remove = lambda: None  # a plain directory here: the kernel would remove it
+    usage = cg.finish(0.0)
+    assert usage == _cgroup.Usage(peak_mb=200.0, oom_kills=2, released=True)
