@@ -2,11 +2,12 @@
 
 `run_python(code)` runs `code` as a script in a fresh interpreter and returns a
 `SandboxResult` (captured output, exit code, why it was stopped). It never raises because
-of what the code does — loops, bombs, crashes and attacks are all *results* — only when
-the sandbox itself cannot be set up (`SandboxError`, one line saying what to install or how
-to opt out).
+of what the code does — loops, bombs, crashes, attacks, code that does not fit on its disk —
+all are *results*; only when the sandbox itself cannot be set up (`SandboxError`, one line
+saying what to install or how to opt out).
 
-Isolation levels (docs/sandbox.md has the threat model and what was measured):
+Isolation levels (docs/sandbox.md has the threat model, what each level enforces, and what
+was measured):
 
 - "bwrap": bubblewrap builds the filesystem view; new pid, network, ipc, uts and cgroup
   namespaces.
@@ -20,25 +21,15 @@ Isolation levels (docs/sandbox.md has the threat model and what was measured):
   (or "none" with a warning when `allow_unsafe=True`). Availability is probed once per
   process by running a trivial script.
 
-In both isolated levels the code sees an allow-list: /usr, /etc, /bin, /lib* and the
-interpreter's prefixes, read-only; a fresh /proc (its own pid namespace, so no other
-process is visible); a minimal /dev; and a writable, size-limited tmpfs at /tmp that is
-its working directory and disappears with the call. The network namespace has only a
-downed loopback. The code runs with no capabilities and no_new_privs; when the caller is
-root it also runs under a fresh unprivileged uid of its own (random, per call), which is
-what makes RLIMIT_NPROC bind — the kernel never applies that limit to uid 0. When the
-main process exits, the init of the pid namespace exits and the kernel kills everything
-left, so no process outlives a call; if the caller dies, the sandbox is killed with it
-(bwrap --die-with-parent, or setpriv --pdeathsig + unshare --kill-child).
+Both isolated levels also require the seccomp filter (`_isolation.seccomp_program`:
+libseccomp through `pyseccomp`): it denies new namespaces, keyrings, memfd, System V IPC,
+io_uring, bpf, perf, ptrace and every socket family but AF_UNIX. Without it they refuse
+(fail closed). The code also gets a fresh empty session keyring, no capabilities,
+no_new_privs, oom_score_adj 1000 and, for a root caller, a fresh unprivileged uid.
 
-Limits (all modes): wall clock `timeout_s` (then the whole process group is killed),
-RLIMIT_CPU `cpu_s` per process, RLIMIT_AS `memory_mb` per process, RLIMIT_NPROC
-`max_processes` (binds when the code does not run as real root, i.e. in the isolated
-modes or for a non-root caller), RLIMIT_FSIZE and the /tmp size `disk_mb`, RLIMIT_NOFILE
-256, no core dumps. Output is read as it arrives and never buffered beyond about
-1.5 x `output_limit` bytes per stream: the head and the tail are kept, the middle is
-replaced by a marker line; a process that keeps printing past 64 x `output_limit` bytes is
-killed (`killed_reason="output"`).
+Modules: `_isolation` (view, wrapper command, filter), `_process` (one call: start, drain,
+kill, report), `_cgroup` (a memory and pids cgroup per call where this process may make
+one), `_stage` (the init that runs inside).
 """
 
 from __future__ import annotations
@@ -64,6 +55,7 @@ __all__ = [
     "available_isolation",
     "cgroup_memory_mb",
     "cgroup_unavailable",
+    "leftover_cgroups",
     "resolve_isolation",
     "run_python",
     "tmpfs_inodes",
