@@ -42,8 +42,9 @@ def tmpfs_inodes(disk_mb: int) -> int:
 _roots_lock = threading.Lock()
 _roots_cache: dict[str, list[str]] = {}
 
-# Run by the target interpreter (-I -S: no site, so no .pth file runs): its prefixes and
-# every file it has mapped once started (its executable, libpython, libc, ...).
+# Run by the target interpreter as the sandbox will run it (-I: no user site, no PYTHON*
+# variables; with site, which is what sets sys.prefix to a venv): its prefixes and every
+# file it has mapped once started (its executable, libpython, libc, ...).
 _QUERY = """
 import json, sys
 maps = set()
@@ -70,7 +71,7 @@ def interpreter_roots(python: str) -> list[str]:
 def _query_roots(python: str) -> list[str]:
     try:
         out = subprocess.run(
-            [python, "-I", "-S", "-c", _QUERY],
+            [python, "-I", "-c", _QUERY],
             capture_output=True,
             text=True,
             timeout=QUERY_TIMEOUT_S,
@@ -134,7 +135,7 @@ def layout(python: str, disk_mb: int) -> list[dict]:
 
 def _bwrap_args(ops: list[dict]) -> list[str]:
     """bwrap's own options for the layout. Its --tmpfs takes a size but no inode limit: our
-    init remounts each tmpfs with both (it keeps CAP_SYS_ADMIN for that, and drops it
+    init mounts a limited tmpfs over each (it keeps CAP_SYS_ADMIN for that, and drops it
     before the code runs)."""
     args: list[str] = []
     for op in ops:

@@ -13,8 +13,8 @@ Steps, as the init (pid 1 of the new pid namespace, root of the new mount namesp
    on the host temp dir given as `newroot`, build the allow-listed tree there (read-only
    binds, symlinks, /dev nodes, /proc, size- and inode-limited tmpfs), `pivot_root` into
    it, detach the old root and remount / read-only. (bubblewrap builds the same tree
-   itself from the same layout, except the tmpfs mounts, which we add: bwrap cannot limit
-   their inodes.)
+   itself from the same layout; we then put inode-limited tmpfs over its /tmp and
+   /dev/shm, in a mount namespace of our own: bwrap cannot limit their inodes.)
 3. write the code to <cwd>/main.py (if it does not fit, that is the code's result, not a
    sandbox failure) and fork. The child sets the rlimits and oom_score_adj, leaves stdin
    at /dev/null, joins a fresh empty session keyring, drops every capability (bounding set,
@@ -50,6 +50,7 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_RELATIME = 1 << 21
 MNT_DETACH = 2
+CLONE_NEWNS = 0x00020000
 
 # statvfs f_flag bits -> mount flags: a read-only remount of a bind must keep them, or a
 # user namespace refuses it (they are "locked" by the owner of the original mount).
@@ -71,6 +72,7 @@ KEYCTL_JOIN_SESSION_KEYRING = 1
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "ppc64le": 271, "s390x": 280, "riscv64": 219}
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+DEV_NODES = ("null", "zero", "full", "random", "urandom")
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -116,25 +118,9 @@ def build_root(newroot, layout):
             os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
             os.symlink(op["target"], dest)
         elif kind == "ro-bind":
-            src = op["src"]
-            make_target(dest, os.path.isdir(src))
-            mount(src, dest, None, MS_BIND)
-            flags = mount_flags(dest) | MS_RDONLY | MS_NOSUID | MS_NODEV
-            mount(None, dest, None, MS_REMOUNT | MS_BIND | flags)
+            bind_ro(op["src"], dest)
         elif kind == "dev":
-            # A minimal /dev: the harmless character devices bound from the host.
-            os.makedirs(dest, mode=0o755, exist_ok=True)
-            mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64")
-            for name in ("null", "zero", "full", "random", "urandom"):
-                make_target(f"{dest}/{name}", False)
-                mount(f"/dev/{name}", f"{dest}/{name}", None, MS_BIND)
-            for name, target in (
-                ("fd", "/proc/self/fd"),
-                ("stdin", "/proc/self/fd/0"),
-                ("stdout", "/proc/self/fd/1"),
-                ("stderr", "/proc/self/fd/2"),
-            ):
-                os.symlink(target, f"{dest}/{name}")
+            make_dev(dest, {name: f"/dev/{name}" for name in DEV_NODES})
         elif kind == "tmpfs":
             mount_tmpfs(op, dest)
         elif kind == "proc":
@@ -142,6 +128,7 @@ def build_root(newroot, layout):
             mount("proc", dest, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         else:
             raise ValueError(f"unknown layout op {kind!r}")
+    seal_dev(newroot, layout)
     _check(libc.sethostname(b"sandbox", 7), "sethostname")
     os.chdir(newroot)
     nr = SYS_PIVOT_ROOT.get(platform.machine())
@@ -155,15 +142,72 @@ def build_root(newroot, layout):
     mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | mount_flags("/"))
 
 
-def mount_tmpfs(op, dest, remount=False):
-    """A size- and inode-limited tmpfs at `dest`; `remount`: limit the one bwrap mounted
-    there (binds on top of it, such as a venv under /tmp, stay)."""
+def mount_tmpfs(op, dest):
+    """A size- and inode-limited tmpfs at `dest`."""
     data = f"mode={op['mode']:o},size={op['size']},nr_inodes={op['inodes']}"
-    if remount:
-        mount(None, dest, "tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV, data)
-        return
     os.makedirs(dest, mode=0o755, exist_ok=True)
     mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, data)
+
+
+def make_dev(dest, sources):
+    """A minimal /dev: a tiny tmpfs with the harmless character devices bound from
+    `sources` (name -> path) and the fd links."""
+    os.makedirs(dest, mode=0o755, exist_ok=True)
+    mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k,nr_inodes=64")
+    for name, src in sources.items():
+        make_target(f"{dest}/{name}", False)
+        mount(src, f"{dest}/{name}", None, MS_BIND)
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, f"{dest}/{name}")
+
+
+def bind_ro(src, dest):
+    make_target(dest, os.path.isdir(src))
+    mount(src, dest, None, MS_BIND)
+    flags = mount_flags(dest) | MS_RDONLY | MS_NOSUID | MS_NODEV
+    mount(None, dest, None, MS_REMOUNT | MS_BIND | flags)
+
+
+def limit_bwrap_tmpfs(layout):
+    """bwrap's tmpfs mounts take no inode limit (and its /dev none at all, writable by a
+    non-root caller's uid), and a non-root caller's bwrap leaves them owned by a user
+    namespace we hold no capability in. So: a mount namespace of our own (CAP_SYS_ADMIN in
+    ours is enough), our /dev and limited tmpfs over bwrap's, and what bwrap bound below
+    them (device nodes, a venv under /tmp) carried over through O_PATH fds."""
+    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    for op in layout:
+        if op["op"] == "dev":
+            held = {name: os.open(f"/dev/{name}", os.O_PATH) for name in DEV_NODES}
+            make_dev(op["dest"], {name: f"/proc/self/fd/{fd}" for name, fd in held.items()})
+            for fd in held.values():
+                os.close(fd)
+        elif op["op"] == "tmpfs":
+            top = op["dest"]
+            inner = [
+                o["dest"]
+                for o in layout
+                if o["op"] == "ro-bind" and o["dest"].startswith(top + "/")
+            ]
+            held = [(dest, os.open(dest, os.O_PATH)) for dest in inner]
+            mount_tmpfs(op, top)
+            for dest, fd in held:
+                bind_ro(f"/proc/self/fd/{fd}", dest)
+                os.close(fd)
+    seal_dev("", layout)
+
+
+def seal_dev(root, layout):
+    """/dev read-only once /dev/shm is mounted in it: nothing more to write there."""
+    for op in layout:
+        if op["op"] == "dev":
+            dest = root + op["dest"]
+            mount(None, dest, None, MS_REMOUNT | MS_BIND | MS_RDONLY | mount_flags(dest))
 
 
 def set_ipc_limits(sysctls):
@@ -313,9 +357,8 @@ def main():
             os.umask(0o022)
             build_root(cfg["newroot"], cfg["layout"])
         elif cfg["mode"] == "bwrap":
-            for op in cfg["layout"]:
-                if op["op"] == "tmpfs":
-                    mount_tmpfs(op, op["dest"], remount=True)
+            os.umask(0o022)
+            limit_bwrap_tmpfs(cfg["layout"])
         cwd = cfg["cwd"]
         os.chdir(cwd)
         main_py = os.path.join(cwd, "main.py")

@@ -467,3 +467,44 @@ def test_cgroup_v2_files_on_a_fake_tree(tmp_path, monkeypatch):
     cg._remove = lambda: None  # a plain directory here: the kernel would remove it
     usage = cg.finish(0.0)
     assert usage == _cgroup.Usage(peak_mb=200.0, oom_kills=2, released=True)
+
+
+def test_every_writable_tmpfs_is_size_and_inode_limited(iso):
+    res = run(
+        """
+        for line in open('/proc/self/mountinfo'):
+            left, _, right = line.partition(' - ')
+            fstype, _, opts = right.split()[:3]
+            if fstype == 'tmpfs' and 'rw' in left.split()[5].split(','):
+                print(left.split()[4], 'size=' in opts and 'nr_inodes=' in opts)
+        import os
+        for d in ('/dev', '/'):
+            try:
+                open(d.rstrip('/') + '/x', 'w')
+                print(d, 'WROTE')
+            except OSError as e:
+                print(d, e.strerror)
+        """,
+        iso,
+    )
+    got = outputs(res)
+    assert got.pop("/dev") == "Read-only file system" and got.pop("/") == "Read-only file system"
+    assert {"/tmp", "/dev/shm"} <= set(got) and set(got.values()) == {"True"}, got
+
+
+def test_an_interpreter_under_tmp_stays_visible(iso, tmp_path):
+    """A venv under the host's /tmp (a CI checkout, say) is bound over the private /tmp."""
+    import subprocess
+    import venv
+
+    if not str(tmp_path).startswith("/tmp/"):
+        pytest.skip(f"the test's temp dir {tmp_path} is not under /tmp")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False, symlinks=True)
+    python = env_dir / "bin" / "python"
+    assert subprocess.run([python, "-c", "pass"]).returncode == 0
+    res = run("import sys, os\nprint(sys.prefix)\nprint(sorted(os.listdir('/tmp')))\n", iso,
+              python=str(python))  # fmt: skip
+    prefix, listing = res.stdout.splitlines()
+    assert prefix == str(env_dir), res.stderr
+    assert "main.py" in listing
