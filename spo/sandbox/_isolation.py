@@ -166,6 +166,9 @@ def command(mode: str, stage: list[str], ops: list[dict]) -> list[str]:
     if mode == "bwrap":
         cmd = [shutil.which("bwrap", path=WRAPPER_PATH) or "bwrap", "--die-with-parent"]
         cmd += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        # Our init is pid 1, as with unshare: the code cannot SIGKILL it (even as the same
+        # uid, for a non-root caller), and its exit ends every process of the namespace.
+        cmd += ["--as-pid-1"]
         cmd += ["--unshare-cgroup-try", "--hostname", "sandbox"]
         if root:
             # bwrap run by real root keeps every capability unless told otherwise; keep

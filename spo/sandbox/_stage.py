@@ -129,6 +129,7 @@ def build_root(newroot, layout):
         else:
             raise ValueError(f"unknown layout op {kind!r}")
     seal_dev(newroot, layout)
+    mask_keys(newroot)
     _check(libc.sethostname(b"sandbox", 7), "sethostname")
     os.chdir(newroot)
     nr = SYS_PIVOT_ROOT.get(platform.machine())
@@ -200,6 +201,17 @@ def limit_bwrap_tmpfs(layout):
                 bind_ro(f"/proc/self/fd/{fd}", dest)
                 os.close(fd)
     seal_dev("", layout)
+    mask_keys("")
+
+
+def mask_keys(root):
+    """/proc/keys lists every key the uid may view (a non-root caller's own keys, by
+    description): cover it, and /proc/key-users, with an empty read-only file."""
+    for name in ("keys", "key-users"):
+        path = f"{root}/proc/{name}"
+        if os.path.exists(path):
+            mount(f"{root}/dev/null", path, None, MS_BIND)
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | mount_flags(path))
 
 
 def seal_dev(root, layout):
@@ -265,11 +277,11 @@ def fresh_session_keyring():
 def drop_privileges(uid):
     """No capabilities after execve: drop the bounding set, then setuid or NOROOT."""
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):  # we hold CAP_SETPCAP here (bwrap: --cap-add)
+        prctl(PR_CAPBSET_DROP, cap)
     if os.getuid() == 0:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            last = int(f.read())
-        for cap in range(last + 1):
-            prctl(PR_CAPBSET_DROP, cap)
         if uid is not None:
             # A real-root caller: become an unprivileged uid of our own, which also makes
             # RLIMIT_NPROC bind (the kernel never applies it to uid 0 or to CAP_SYS_ADMIN).

@@ -508,3 +508,21 @@ def test_an_interpreter_under_tmp_stays_visible(iso, tmp_path):
     prefix, listing = res.stdout.splitlines()
     assert prefix == str(env_dir), res.stderr
     assert "main.py" in listing
+
+
+def test_the_init_cannot_be_killed_from_inside(iso):
+    """Our init is pid 1 of the sandbox's pid namespace in both levels: SIGKILL from inside
+    (kill(-1), or kill(1) by the same uid as a non-root caller's init) does not reach it."""
+    res = run(
+        """
+        import os, signal
+        for pid in (1, -1):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass  # EPERM for a root caller: the init runs as another uid
+        print('survived')
+        """,
+        iso,
+    )
+    assert res.ok and res.stdout == "survived\n", res
