@@ -39,13 +39,12 @@ import shutil
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
 from typing import Literal
 
 from spo.sandbox import _cgroup, _isolation, _process
 from spo.sandbox._errors import SandboxError
 from spo.sandbox._isolation import tmpfs_inodes
-from spo.sandbox._process import Limits
+from spo.sandbox._process import Limits, SandboxResult
 
 __all__ = [
     "ISOLATION_LEVELS",
@@ -64,48 +63,6 @@ __all__ = [
 Isolation = Literal["auto", "bwrap", "namespaces", "none"]
 ISOLATION_LEVELS = ("auto", "bwrap", "namespaces", "none")
 _PROBE_TIMEOUT_S = 60.0  # generous: a busy 2-core machine can take seconds to start Python
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    """What one `run_python` call did.
-
-    stdout, stderr: decoded output (UTF-8, invalid bytes replaced); when longer than
-        `output_limit` bytes, the head and tail around a "[... N bytes omitted ...]" line.
-    exit_code: the script's exit status; -N when a signal N killed it; None when the sandbox
-        killed it (timeout, output flood) before it exited.
-    timed_out: it ran out of time: wall clock (`killed_reason="timeout"`) or CPU ("cpu").
-    killed_reason: None for a normal exit (zero or not), else why it stopped, from kernel
-        facts only: "timeout" (wall clock, counted from the code's start), "cpu" (SIGXCPU or
-        SIGKILL after using its CPU limit), "output", "memory" (the call's memory cgroup
-        OOM-killed one of its processes, or it failed after its peak RSS reached 3/4 of
-        `memory_mb`), "signal" (another signal, e.g. SIGSEGV).
-    truncated: stdout or stderr was cut to `output_limit`.
-    duration_s: wall-clock seconds of the whole call, sandbox start-up included.
-    isolation: the level that ran it: "bwrap", "namespaces" or "none".
-    cpu_s: CPU seconds of the script and the children it waited for (None if unknown).
-    memory_peak_mb: peak memory of the call: its cgroup's peak (everything charged to it:
-        processes, tmpfs, kernel objects) when it had one, else the main process's peak RSS.
-    memory_released: with a cgroup, whether every process was gone and its shared memory
-        freed before the call returned (it waits up to a few seconds); None without one.
-    """
-
-    stdout: str
-    stderr: str
-    exit_code: int | None
-    timed_out: bool
-    killed_reason: str | None
-    truncated: bool
-    duration_s: float
-    isolation: str
-    cpu_s: float | None = None
-    memory_peak_mb: float | None = None
-    memory_released: bool | None = None
-
-    @property
-    def ok(self) -> bool:
-        """The script ran to completion and exited with status 0."""
-        return self.exit_code == 0 and self.killed_reason is None
 
 
 def run_python(
@@ -138,20 +95,7 @@ def run_python(
     python = _find_python(python)
     mode = resolve_isolation(isolation, allow_unsafe, python)
     limits = Limits(timeout_s, cpu_s, memory_mb, output_limit, max_processes, disk_mb)
-    done = _process.execute(mode, code, limits, python)
-    return SandboxResult(
-        stdout=done.stdout,
-        stderr=done.stderr,
-        exit_code=done.exit_code,
-        timed_out=done.killed_reason in ("timeout", "cpu"),
-        killed_reason=done.killed_reason,
-        truncated=done.truncated,
-        duration_s=done.duration_s,
-        isolation=mode,
-        cpu_s=done.cpu_s,
-        memory_peak_mb=done.memory_peak_mb,
-        memory_released=done.memory_released,
-    )
+    return _process.execute(mode, code, limits, python)
 
 
 def resolve_isolation(

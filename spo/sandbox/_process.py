@@ -1,9 +1,10 @@
 """One sandbox call as a process: start the wrapper, feed our init, drain, kill, report.
 
-`execute(mode, code, limits, python)` starts the wrapper of `mode` (`_isolation.command`)
-around our init (`_stage.py`), in a new session and, where possible, a fresh cgroup
-(`_cgroup`). It sends the init its config on stdin and reads stdout, stderr and the init's
-status pipe as they arrive, keeping only head and tail (`Capped`).
+`execute(mode, code, limits, python)` returns the call's `SandboxResult` (defined here,
+exported by `spo.sandbox`). It starts the wrapper of `mode` (`_isolation.command`) around
+our init (`_stage.py`), in a new session and, where possible, a fresh cgroup (`_cgroup`).
+It sends the init its config on stdin and reads stdout, stderr and the init's status pipe
+as they arrive, keeping only head and tail (`Capped`).
 
 Two clocks: the sandbox gets `STARTUP_TIMEOUT_S` to start (namespaces, mounts, our init);
 the code's `timeout_s` starts when the init reports that the code's interpreter has been
@@ -63,18 +64,45 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """Everything `execute` learned, for `spo.sandbox` to turn into a SandboxResult."""
+class SandboxResult:
+    """What one `run_python` call did.
+
+    stdout, stderr: decoded output (UTF-8, invalid bytes replaced); when longer than
+        `output_limit` bytes, the head and tail around a "[... N bytes omitted ...]" line.
+    exit_code: the script's exit status; -N when a signal N killed it; None when the sandbox
+        killed it (timeout, output flood) before it exited.
+    timed_out: it ran out of time: wall clock (`killed_reason="timeout"`) or CPU ("cpu").
+    killed_reason: None for a normal exit (zero or not), else why it stopped, from kernel
+        facts only: "timeout" (wall clock, counted from the code's start), "cpu" (SIGXCPU or
+        SIGKILL after using its CPU limit), "output", "memory" (the call's memory cgroup
+        OOM-killed one of its processes, or it failed after its peak RSS reached 3/4 of
+        `memory_mb`), "signal" (another signal, e.g. SIGSEGV).
+    truncated: stdout or stderr was cut to `output_limit`.
+    duration_s: wall-clock seconds of the whole call, sandbox start-up included.
+    isolation: the level that ran it: "bwrap", "namespaces" or "none".
+    cpu_s: CPU seconds of the script and the children it waited for (None if unknown).
+    memory_peak_mb: peak memory of the call: its cgroup's peak (everything charged to it:
+        processes, tmpfs, kernel objects) when it had one, else the main process's peak RSS.
+    memory_released: with a cgroup, whether every process was gone and its shared memory
+        freed before the call returned (it waits up to a few seconds); None without one.
+    """
 
     stdout: str
     stderr: str
     exit_code: int | None
+    timed_out: bool
     killed_reason: str | None
     truncated: bool
     duration_s: float
-    cpu_s: float | None
-    memory_peak_mb: float | None
-    memory_released: bool | None
+    isolation: str
+    cpu_s: float | None = None
+    memory_peak_mb: float | None = None
+    memory_released: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The script ran to completion and exited with status 0."""
+        return self.exit_code == 0 and self.killed_reason is None
 
 
 class Capped:
@@ -187,7 +215,7 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def execute(mode: str, code: str, limits: Limits, python: str) -> Outcome:
+def execute(mode: str, code: str, limits: Limits, python: str) -> SandboxResult:
     start = time.monotonic()
     isolated = mode != "none"
     bpf = None
@@ -324,7 +352,7 @@ def _pump(proc, payload, out, err, status, status_r, start, limits) -> str | Non
         sel.close()
 
 
-def _outcome(mode, returncode, out, err, status, reason, limits, start, usage) -> Outcome:
+def _outcome(mode, returncode, out, err, status, reason, limits, start, usage) -> SandboxResult:
     report = status.parse()
     stderr = err.text()
     for key in ("setup_error", "exec_error"):
@@ -360,13 +388,15 @@ def _outcome(mode, returncode, out, err, status, reason, limits, start, usage) -
             reason = "memory"  # it failed after filling its address-space limit
     else:
         exit_code = None
-    return Outcome(
+    return SandboxResult(
         stdout=out.text(),
         stderr=stderr,
         exit_code=exit_code,
+        timed_out=reason in ("timeout", "cpu"),
         killed_reason=reason,
         truncated=out.truncated or err.truncated,
         duration_s=time.monotonic() - start,
+        isolation=mode,
         cpu_s=cpu,
         memory_peak_mb=peak,
         memory_released=usage.released if usage is not None else None,
