@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean sandbox-deps
+.PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,7 @@ test: $(STAMP)
 
 # Optional: bubblewrap, so the sandbox's attack suite also runs under isolation="bwrap"
 # (docs/sandbox.md). Needs root and apt-get; anywhere else it says so and does nothing.
+.PHONY: sandbox-deps
 sandbox-deps:
 	@if command -v bwrap >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
