@@ -450,3 +450,104 @@ def test_train_eval_and_init_values_render_the_same_chat_prompt(
     assert rendered["train"][some] == tuple(
         encode(trainer.tokenizer, [some], system_prompt=task.system_prompt)[0]
     )
+
+
+@pytest.mark.parametrize("updates", [1, 2])
+def test_every_loss_row_gets_its_own_advantage(
+    tiny_model_dir, task_files, tmp_path, monkeypatch, updates
+):
+    """Row alignment inside the update: the micro-batch a loss call sees is `batch.select(idx)`
+    and its advantages must be `adv_B[idx]`, not a permutation of them."""
+    from spo.rollout.batch import PackedBatch
+
+    selected: list[torch.Tensor] = []
+    select = PackedBatch.select
+
+    def select_spy(self, idx):
+        selected.append(torch.as_tensor(idx).clone())
+        return select(self, idx)
+
+    monkeypatch.setattr(PackedBatch, "select", select_spy)
+    trainer = make_trainer(
+        tiny_model_dir,
+        task_files,
+        tmp_path / "run",
+        steps=1,
+        **{"optim.updates_per_step": updates, "optim.micro_batch_size": 2},
+    )
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    loss = update_module.ppo_clip_loss
+
+    def loss_spy(logp, old, adv, *args, **kw):
+        pairs.append((selected[-1], adv.detach().clone()))  # the micro-batch just selected
+        return loss(logp, old, adv, *args, **kw)
+
+    spy = StepSpy(trainer, monkeypatch)
+    monkeypatch.setattr(update_module, "ppo_clip_loss", loss_spy)
+    randomise_tracker(trainer)
+    try:
+        trainer.train_step()
+    finally:
+        trainer.close()
+    (adv_B,) = spy.update_adv
+    assert len(pairs) == trainer.cfg.samples_per_step // 2  # 8 rows in micro-batches of 2
+    assert len({float(a) for a in adv_B}) > 1  # distinct values: a permutation would show
+    for idx, adv in pairs:
+        torch.testing.assert_close(adv, adv_B[idx], rtol=0, atol=0)
+
+
+def test_each_step_samples_with_its_own_reproducible_seed(
+    tiny_model_dir, task_files, tmp_path, monkeypatch
+):
+    def seeds_of(run: str, seed: int) -> list[int]:
+        trainer = make_trainer(tiny_model_dir, task_files, tmp_path / run, seed=seed)
+        seen: list[int] = []
+        generate = trainer.engine.generate
+
+        def generate_spy(prompts, **kw):
+            seen.append(kw["seed"])
+            return generate(prompts, **kw)
+
+        monkeypatch.setattr(trainer.engine, "generate", generate_spy)
+        try:
+            for _ in range(3):
+                trainer.train_step()
+        finally:
+            trainer.close()
+        return seen
+
+    first = seeds_of("a", 0)
+    assert len(set(first)) == 3  # a new sampling seed every step
+    assert seeds_of("b", 0) == first  # ... reproducible from (seed, step)
+    assert not set(seeds_of("c", 1)) & set(first)  # ... and specific to the run's seed
+
+
+def test_replay_estimator_stores_each_response_and_discounts_revisits(
+    tiny_model_dir, task_files, tmp_path, monkeypatch
+):
+    """rho=replay (the reference estimator): after a step every drawn prompt holds the
+    response it just got; a revisit re-scores it and, with a tiny d_half, gets ρ < ρ_max."""
+    trainer = make_trainer(
+        tiny_model_dir,
+        task_files,
+        tmp_path / "run",
+        samples_per_step=16,
+        **{"tracker.rho": "replay", "tracker.d_half": 1e-6},
+    )
+    spy = StepSpy(trainer, monkeypatch)
+    try:
+        trainer.train_step()
+        ids_B = spy.prompt_index()
+        for row, pid in enumerate(ids_B):
+            tokens, _ = trainer.replay.get(int(pid))
+            assert tokens.tolist() == list(spy.rollouts.completion_ids[row])
+        trainer.train_step()  # 16 + 16 draws of 24 prompts: at least 8 revisits
+    finally:
+        trainer.close()
+    first, second = spy.tracker_updates
+    rho_max = trainer.cfg.tracker.rho_max
+    np.testing.assert_allclose(first["rho"], rho_max, rtol=1e-6)  # no stored response yet
+    revisit = np.isin(second["ids"], first["ids"])
+    assert revisit.sum() >= 8
+    assert (second["rho"][revisit] < rho_max).all()
+    np.testing.assert_allclose(second["rho"][~revisit], rho_max, rtol=1e-6)
