@@ -15,7 +15,11 @@ unsupported verl is reported when the estimator or the trainer is first used).
 - `version`    the tested verl versions and the error for any other
 """
 
-from spo.integrations.verl.version import SUPPORTED_VERL, UnsupportedVerlError, require_supported_verl
+from spo.integrations.verl.version import (
+    SUPPORTED_VERL,
+    UnsupportedVerlError,
+    require_supported_verl,
+)
 
 try:
     from spo.integrations.verl.estimator import ESTIMATOR_NAME, single_stream_spo_advantage

@@ -55,7 +55,9 @@ def content_key(row: dict, prompt_key: str = "prompt") -> str:
 def _rows(dataset, prompt_key: str) -> list[dict]:
     frame = getattr(dataset, "dataframe", None)
     if frame is not None and prompt_key in getattr(frame, "column_names", ()):
-        columns = [c for c in (prompt_key, "extra_info", *CONTENT_FIELDS) if c in frame.column_names]
+        columns = [
+            c for c in (prompt_key, "extra_info", *CONTENT_FIELDS) if c in frame.column_names
+        ]
         data = {c: frame[c] for c in columns}  # one column read each, no tokenising
         return [{c: data[c][i] for c in columns} for i in range(len(frame))]
     return [dict(dataset[i]) for i in range(len(dataset))]

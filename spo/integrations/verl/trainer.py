@@ -101,6 +101,17 @@ class SPOSettings:
 class SPOTrainer(PPOTrainerSync):
     """verl's sync trainer drawing prompts with SPOState and baselining with its tracker."""
 
+    # verl branches on `trainer_mode == "sync"` (replay buffer, dataloader chunking,
+    # checkpointing TransferQueue): this mode is the sync trainer under another registry
+    # name, so it reads as "sync" whatever verl assigns (its config block is read by name).
+    @property
+    def trainer_mode(self) -> str:
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, _registry_name: str) -> None:
+        pass
+
     def __init__(self, config):
         require_supported_verl()
         self.spo_settings = SPOSettings.from_verl(config)
@@ -143,7 +154,9 @@ class SPOTrainer(PPOTrainerSync):
             )
         if s.init_values:
             n = self.spo.load_values(s.init_values)
-            logger.warning("spo: offline values for %d of %d prompts from %s", n, len(self.spo), s.init_values)
+            logger.warning(
+                "spo: offline values for %d of %d prompts from %s", n, len(self.spo), s.init_values
+            )
 
     def _fetch_one_gen_batch(self) -> TensorDict:
         """gen_batch_size prompts of this step's priority draw, with fresh uids -> keys."""
@@ -152,7 +165,9 @@ class SPOTrainer(PPOTrainerSync):
             self._drawn.clear()
             self._drawn_step = self.global_steps
         while len(self._drawn) < n:  # one draw per step unless verl asks for refills
-            self._drawn.extend(self.spo.select(min(len(self.spo), max(n, self.config.data.train_batch_size))))
+            self._drawn.extend(
+                self.spo.select(min(len(self.spo), max(n, self.config.data.train_batch_size)))
+            )
         keys = [self._drawn.popleft() for _ in range(n)]
         batch_dict = collate_fn([self.train_dataset[self._key_rows[k]] for k in keys])
         uids = [str(uuid.uuid4()) for _ in keys]
@@ -167,14 +182,18 @@ class SPOTrainer(PPOTrainerSync):
         real = [u in self._uid_keys for u in uids]
         for uid, is_real, tokens in zip(uids, real, has_tokens_B, strict=True):
             if not is_real and tokens:
-                raise RuntimeError(f"spo: rollout row with uid {uid!r} was not drawn by this trainer")
+                raise RuntimeError(
+                    f"spo: rollout row with uid {uid!r} was not drawn by this trainer"
+                )
         keys = [self._uid_keys[u] for u, is_real in zip(uids, real, strict=True) if is_real]
         lo, hi = self.spo.reward_range
         baseline_B = torch.zeros(len(uids), dtype=torch.float32)
         if keys:
             v_B = torch.from_numpy(self.spo.baseline(keys))
             baseline_B[torch.tensor(real)] = lo + (hi - lo) * v_B
-        reward_B = data.batch["token_level_scores"].sum(dim=-1)[torch.tensor(real, dtype=torch.bool)]
+        reward_B = data.batch["token_level_scores"].sum(dim=-1)[
+            torch.tensor(real, dtype=torch.bool)
+        ]
         self._pending = (keys, reward_B.detach().float().cpu())
         for uid in {u for u, is_real in zip(uids, real, strict=True) if is_real}:
             self._uid_keys.pop(uid, None)  # n > 1 rows share a uid
@@ -184,8 +203,18 @@ class SPOTrainer(PPOTrainerSync):
     def _compute_advantage(self, batch, metrics: dict):
         """verl 0.9.1's PPOTrainer._compute_advantage plus `reward_baselines` (marked SPO)."""
         tq = verl_base.tq
-        fields = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values"]
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        fields = [
+            "uid",
+            "response_mask",
+            "rm_scores",
+            "rollout_log_probs",
+            "old_log_probs",
+            "ref_log_prob",
+            "values",
+        ]
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=fields
+        )
 
         response_mask = data["response_mask"]
         data = DataProto(batch=data.to_padded_tensor())
@@ -203,12 +232,18 @@ class SPOTrainer(PPOTrainerSync):
 
         # 2. rollout correction (decoupled mode only), as in verl
         rollout_corr_config = self.config.algorithm.get("rollout_correction", None)
-        bypass_recomputing_logprobs = rollout_corr_config and rollout_corr_config.get("bypass_mode", False)
+        bypass_recomputing_logprobs = rollout_corr_config and rollout_corr_config.get(
+            "bypass_mode", False
+        )
         rollout_correction = (
-            rollout_corr_config is not None and "rollout_log_probs" in data.batch and not bypass_recomputing_logprobs
+            rollout_corr_config is not None
+            and "rollout_log_probs" in data.batch
+            and not bypass_recomputing_logprobs
         )
         if rollout_correction:
-            data, is_metrics = compute_rollout_correction_and_add_to_batch(data, rollout_corr_config)
+            data, is_metrics = compute_rollout_correction_and_add_to_batch(
+                data, rollout_corr_config
+            )
             metrics.update(is_metrics)
 
         # SPO: the tracker's v̂₋₁ per row, read before this step's rewards are observed
@@ -240,7 +275,9 @@ class SPOTrainer(PPOTrainerSync):
             output[field] = response_to_nested(data.batch[field], response_mask)
         output = TensorDict(output, batch_size=len(batch))
 
-        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+        batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+
+        return batch
 
     # --------------------------------------------------------- tracker update
     def _update_actor(self, batch, metrics: dict):
@@ -273,7 +310,9 @@ class SPOTrainer(PPOTrainerSync):
     # ------------------------------------------------------------ checkpoints
     def _save_checkpoint(self):
         """The tracker first, then verl's files and its latest-step marker (resume is lossless)."""
-        folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+        folder = os.path.join(
+            self.config.trainer.default_local_dir, f"global_step_{self.global_steps}"
+        )
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, STATE_FILE)
         torch.save({"spo": self.spo.state_dict(), "global_step": self.global_steps}, path + ".tmp")
@@ -310,11 +349,11 @@ def _check_verl_config(config) -> None:
     algo = config.algorithm
     if algo.adv_estimator != ESTIMATOR_NAME:
         raise SPOConfigError(
-            f"trainer.v1.trainer_mode={TRAINER_MODE} needs algorithm.adv_estimator={ESTIMATOR_NAME}; "
-            f"got {algo.adv_estimator!r}"
+            f"trainer.v1.trainer_mode={TRAINER_MODE} needs "
+            f"algorithm.adv_estimator={ESTIMATOR_NAME}; got {algo.adv_estimator!r}"
         )
     if algo.get("use_kl_in_reward", False):
         raise SPOConfigError(
             f"trainer.v1.trainer_mode={TRAINER_MODE} tracks the verifier's success rate: set "
-            "algorithm.use_kl_in_reward=false (use actor_rollout_ref.actor.use_kl_loss for a KL term)"
+            "algorithm.use_kl_in_reward=false (actor_rollout_ref.actor.use_kl_loss for a KL term)"
         )

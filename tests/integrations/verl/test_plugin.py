@@ -1,0 +1,87 @@
+"""The plug-in reaches verl through verl's own loading mechanisms, in fresh processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+pytest.importorskip("verl", reason="needs pip install 'spo-rl[verl]' (make test-verl)")
+
+from spo.integrations.verl import version as plugin_version
+
+ROOT = Path(__file__).resolve().parents[3]
+
+PROBE = """
+import json, verl
+from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY
+from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+est = ADV_ESTIMATOR_REGISTRY.get("single_stream_spo")
+tr = TRAINER_REGISTRY.get("single_stream_spo")
+print(json.dumps({
+    "estimator": None if est is None else est.__module__ + "." + est.__name__,
+    "trainer": None if tr is None else tr.__module__ + "." + tr.__name__,
+    "spo_name_free": "spo" not in ADV_ESTIMATOR_REGISTRY,
+}))
+"""
+
+
+def _probe(**env) -> dict:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("VERL_USE_EXTERNAL")}
+    full.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env=full,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_entry_point_registers_in_a_fresh_process():
+    got = _probe()  # plain `import verl`: verl loads the `verl.plugins` entry points itself
+    assert got["estimator"] == "spo.integrations.verl.estimator.single_stream_spo_advantage"
+    assert got["trainer"] == "spo.integrations.verl.trainer.SPOTrainer"
+    assert got["spo_name_free"]  # the Segment-PO name is left to its owners
+
+
+def test_external_modules_variable_loads_it_without_entry_points():
+    got = _probe(
+        VERL_USE_EXTERNAL_PLUGINS="none", VERL_USE_EXTERNAL_MODULES="spo.integrations.verl"
+    )
+    assert got["estimator"] and got["trainer"]
+
+
+def test_nothing_registers_when_verl_loads_no_plugins():
+    got = _probe(VERL_USE_EXTERNAL_PLUGINS="none")  # the names above came from the mechanisms
+    assert got["estimator"] is None and got["trainer"] is None
+
+
+def test_other_verl_versions_get_one_clear_error(monkeypatch):
+    monkeypatch.setattr(plugin_version, "installed_verl", lambda: "0.8.0")
+    with pytest.raises(plugin_version.UnsupportedVerlError) as e:
+        plugin_version.require_supported_verl()
+    msg = str(e.value)
+    assert "\n" not in msg and "0.8.0" in msg and "pip install 'spo-rl[verl]'" in msg
+    for v in plugin_version.SUPPORTED_VERL:
+        assert v in msg
+
+
+def test_installed_verl_is_a_supported_one():
+    assert plugin_version.require_supported_verl() in plugin_version.SUPPORTED_VERL
+
+
+def test_extra_pins_exactly_the_supported_versions():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (req,) = meta["optional-dependencies"]["verl"]
+    pinned = sorted(p.strip() for p in req.split("==", 1)[1].split(","))
+    assert req.startswith("verl[verl-core]==") and pinned == sorted(plugin_version.SUPPORTED_VERL)
+    assert meta["entry-points"]["verl.plugins"] == {"spo_rl": "spo.integrations.verl"}
