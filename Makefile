@@ -4,7 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+VERL_VENV  ?= .venv-verl
+VERL_PY    := $(VERL_VENV)/bin/python
+VERL_STAMP := $(VERL_VENV)/.installed-stamp
+
+.PHONY: install demo test test-verl lint bench clean
 
 install: $(STAMP)
 
@@ -24,6 +28,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
+# The verl plug-in's contract tests against the pinned verl (extra `verl`), in their own
+# virtualenv: verl pins transformers below the default environment's.
+$(VERL_STAMP): pyproject.toml
+	test -x $(VERL_PY) || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_PY) -m pip install --quiet --upgrade pip
+	$(VERL_PY) -m pip install --quiet torch==2.13.0
+	$(VERL_PY) -m pip install --quiet -e '.[verl,test]'
+	touch $(VERL_STAMP)
+
+test-verl: $(VERL_STAMP)
+	$(VERL_PY) -m pytest tests/integrations/verl -q -p no:cacheprovider
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check spo tests bench
 	$(VENV)/bin/ruff format --check spo tests bench
@@ -35,4 +51,4 @@ bench: $(STAMP)
 	$(PY) bench/trl_compare.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VERL_VENV) build *.egg-info .pytest_cache
