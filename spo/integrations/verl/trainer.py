@@ -115,12 +115,12 @@ class SPOTrainer(PPOTrainerSync):
     def __init__(self, config):
         require_supported_verl()
         self.spo_settings = SPOSettings.from_verl(config)
-        _check_verl_config(config)
+        check_verl_config(config)
         super().__init__(config)
         self.spo: SPOState | None = None  # built with the dataset in _init_dataloader
         self.spo_key_source = ""
-        self._key_rows: dict = {}  # key -> dataset row sent to rollout
-        self._uid_keys: dict[str, object] = {}  # in-flight uid -> key
+        self.spo_key_rows: dict = {}  # key -> dataset row sent to rollout
+        self.spo_uid_keys: dict[str, object] = {}  # in-flight uid -> key
         self._drawn: deque = deque()  # keys drawn for this step, not yet fetched
         self._drawn_step: int | None = None
         self._pending: tuple[list, torch.Tensor] | None = None  # (keys, rewards) to observe
@@ -132,11 +132,11 @@ class SPOTrainer(PPOTrainerSync):
         keys, self.spo_key_source = prompt_keys(
             self.train_dataset, self.config.data.get("prompt_key", "prompt")
         )
-        self._key_rows = {}
+        self.spo_key_rows = {}
         for row, key in enumerate(keys):
-            self._key_rows.setdefault(key, row)
+            self.spo_key_rows.setdefault(key, row)
         self.spo = SPOState(
-            list(self._key_rows),
+            list(self.spo_key_rows),
             rho_min=s.rho_min,
             rho_max=s.rho_max,
             d_half=s.d_half,
@@ -169,23 +169,23 @@ class SPOTrainer(PPOTrainerSync):
                 self.spo.select(min(len(self.spo), max(n, self.config.data.train_batch_size)))
             )
         keys = [self._drawn.popleft() for _ in range(n)]
-        batch_dict = collate_fn([self.train_dataset[self._key_rows[k]] for k in keys])
+        batch_dict = collate_fn([self.train_dataset[self.spo_key_rows[k]] for k in keys])
         uids = [str(uuid.uuid4()) for _ in keys]
         batch_dict["uid"] = np.array(uids, dtype=object)
-        self._uid_keys.update(zip(uids, keys, strict=True))
+        self.spo_uid_keys.update(zip(uids, keys, strict=True))
         return tu.get_tensordict(batch_dict)
 
     def _baselines(self, data: DataProto) -> torch.Tensor:
         """reward_baselines (B,) in reward units; remember (keys, rewards) of the real rows."""
         uids = data.non_tensor_batch["uid"]
         has_tokens_B = data.batch["response_mask"].bool().any(dim=-1).tolist()
-        real = [u in self._uid_keys for u in uids]
+        real = [u in self.spo_uid_keys for u in uids]
         for uid, is_real, tokens in zip(uids, real, has_tokens_B, strict=True):
             if not is_real and tokens:
                 raise RuntimeError(
                     f"spo: rollout row with uid {uid!r} was not drawn by this trainer"
                 )
-        keys = [self._uid_keys[u] for u, is_real in zip(uids, real, strict=True) if is_real]
+        keys = [self.spo_uid_keys[u] for u, is_real in zip(uids, real, strict=True) if is_real]
         lo, hi = self.spo.reward_range
         baseline_B = torch.zeros(len(uids), dtype=torch.float32)
         if keys:
@@ -196,7 +196,7 @@ class SPOTrainer(PPOTrainerSync):
         ]
         self._pending = (keys, reward_B.detach().float().cpu())
         for uid in {u for u, is_real in zip(uids, real, strict=True) if is_real}:
-            self._uid_keys.pop(uid, None)  # n > 1 rows share a uid
+            self.spo_uid_keys.pop(uid, None)  # n > 1 rows share a uid
         return baseline_B
 
     # ------------------------------------------------------------ advantage
@@ -345,7 +345,7 @@ class SPOTrainer(PPOTrainerSync):
         return os.path.abspath(folder)
 
 
-def _check_verl_config(config) -> None:
+def check_verl_config(config) -> None:
     algo = config.algorithm
     if algo.adv_estimator != ESTIMATOR_NAME:
         raise SPOConfigError(

@@ -84,7 +84,7 @@ def key_of(row: dict):
 
 
 def fetched_keys(trainer, batch):
-    return [trainer._uid_keys[u] for u in batch["uid"]]
+    return [trainer.spo_uid_keys[u] for u in batch["uid"]]
 
 
 # ------------------------------------------------------------------------------ keys
@@ -101,8 +101,8 @@ def test_keys_are_extra_info_index_and_survive_reordering(tmp_path):
     assert trainer.spo_key_source == "index" and trainer.spo.keys == [100 + i for i in range(8)]
     shuffled = make_trainer(tmp_path, rows[::-1], name="reversed.parquet")
     for key in trainer.spo.keys:  # the same key names the same prompt after reordering
-        a = trainer.train_dataset[trainer._key_rows[key]]["raw_prompt"]
-        b = shuffled.train_dataset[shuffled._key_rows[key]]["raw_prompt"]
+        a = trainer.train_dataset[trainer.spo_key_rows[key]]["raw_prompt"]
+        b = shuffled.train_dataset[shuffled.spo_key_rows[key]]["raw_prompt"]
         assert a == b
 
 
@@ -122,7 +122,7 @@ def test_keys_fall_back_to_content_hash(tmp_path, index):
 def test_identical_prompts_share_one_key(tmp_path):
     rows = verl_rows(5, index=lambda i: None)
     trainer = make_trainer(tmp_path, [*rows, copy.deepcopy(rows[2])])
-    assert len(trainer.spo) == 5 and trainer._key_rows[content_key(rows[2])] == 2
+    assert len(trainer.spo) == 5 and trainer.spo_key_rows[content_key(rows[2])] == 2
 
 
 # ------------------------------------------------------------------------- sampling
@@ -238,7 +238,7 @@ def test_advantage_and_tracker_update_through_transfer_queue(tmp_path, transfer_
         assert {"spo/adv/variance_ratio", "spo/tracker/seen_fraction", "actor/ppo_kl"} <= set(
             metrics
         )
-    assert trainer._uid_keys == {}  # nothing in flight is left behind
+    assert trainer.spo_uid_keys == {}  # nothing in flight is left behind
 
 
 def test_constant_rho(tmp_path, transfer_queue):
