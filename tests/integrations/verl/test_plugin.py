@@ -31,37 +31,57 @@ print(json.dumps({
 """
 
 
-def _probe(**env) -> dict:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("VERL_USE_EXTERNAL")}
-    full.update(env)
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env=full,
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_USE_EXTERNAL")}
+    env.update(extra)
+    return env
 
 
-def test_entry_point_registers_in_a_fresh_process():
-    got = _probe()  # plain `import verl`: verl loads the `verl.plugins` entry points itself
+SETUPS = {  # how verl is told about plug-ins -> the environment of a fresh process
+    "entry_point": _env(),  # plain `import verl`: verl loads `verl.plugins` entry points
+    "external_modules": _env(
+        VERL_USE_EXTERNAL_PLUGINS="none", VERL_USE_EXTERNAL_MODULES="spo.integrations.verl"
+    ),
+    "plugins_off": _env(VERL_USE_EXTERNAL_PLUGINS="none"),
+}
+
+
+@pytest.fixture(scope="module")
+def probes() -> dict:
+    """What each setup registers, from fresh processes run side by side (imports are slow)."""
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", PROBE],
+            env=env,
+            cwd="/",
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name, env in SETUPS.items()
+    }
+    results = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    return results
+
+
+def test_entry_point_registers_in_a_fresh_process(probes):
+    got = probes["entry_point"]
     assert got["estimator"] == "spo.integrations.verl.estimator.single_stream_spo_advantage"
     assert got["trainer"] == "spo.integrations.verl.trainer.SPOTrainer"
     assert got["spo_name_free"]  # the Segment-PO name is left to its owners
 
 
-def test_external_modules_variable_loads_it_without_entry_points():
-    got = _probe(
-        VERL_USE_EXTERNAL_PLUGINS="none", VERL_USE_EXTERNAL_MODULES="spo.integrations.verl"
-    )
+def test_external_modules_variable_loads_it_without_entry_points(probes):
+    got = probes["external_modules"]
     assert got["estimator"] and got["trainer"]
 
 
-def test_nothing_registers_when_verl_loads_no_plugins():
-    got = _probe(VERL_USE_EXTERNAL_PLUGINS="none")  # the names above came from the mechanisms
+def test_nothing_registers_when_verl_loads_no_plugins(probes):
+    got = probes["plugins_off"]  # so the names above came from those mechanisms
     assert got["estimator"] is None and got["trainer"] is None
 
 
