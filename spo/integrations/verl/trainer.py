@@ -82,6 +82,13 @@ class SPOSettings:
     reward_range: tuple[float, float] = (0.0, 1.0)
     init_values: str | None = None  # `spo init-values` parquet, rows matched by str(key)
 
+    def state_kwargs(self) -> dict:
+        """The fields SPOState takes (same names); the rest steer the trainer."""
+        kwargs = dataclasses.asdict(self)
+        for name in ("rho", "divergence_metric", "init_values"):
+            kwargs.pop(name)
+        return kwargs
+
     @classmethod
     def from_verl(cls, config) -> SPOSettings:
         block = config.trainer.v1.get(TRAINER_MODE, None)
@@ -135,18 +142,7 @@ class SPOTrainer(PPOTrainerSync):
         self.spo_key_rows = {}
         for row, key in enumerate(keys):
             self.spo_key_rows.setdefault(key, row)
-        self.spo = SPOState(
-            list(self.spo_key_rows),
-            rho_min=s.rho_min,
-            rho_max=s.rho_max,
-            d_half=s.d_half,
-            prior_value=s.prior_value,
-            prior_count=s.prior_count,
-            eps=s.eps,
-            seed=s.seed,
-            sampler=s.sampler,
-            reward_range=s.reward_range,
-        )
+        self.spo = SPOState(list(self.spo_key_rows), **s.state_kwargs())
         if len(self.spo) < self.config.data.train_batch_size:
             raise SPOConfigError(
                 f"data.train_batch_size={self.config.data.train_batch_size} prompts per step but "
