@@ -182,15 +182,14 @@ class SPOTrainer(PPOTrainerSync):
                     f"spo: rollout row with uid {uid!r} was not drawn by this trainer"
                 )
         keys = [self.spo_uid_keys[u] for u, is_real in zip(uids, real, strict=True) if is_real]
+        real_B = torch.tensor(real, dtype=torch.bool)
+        reward_B = data.batch["token_level_scores"].sum(dim=-1)[real_B].detach().float().cpu()
+        self.spo.unit_rewards(reward_B)  # outside reward_range: one clear error, before training
         lo, hi = self.spo.reward_range
         baseline_B = torch.zeros(len(uids), dtype=torch.float32)
         if keys:
-            v_B = torch.from_numpy(self.spo.baseline(keys))
-            baseline_B[torch.tensor(real)] = lo + (hi - lo) * v_B
-        reward_B = data.batch["token_level_scores"].sum(dim=-1)[
-            torch.tensor(real, dtype=torch.bool)
-        ]
-        self._pending = (keys, reward_B.detach().float().cpu())
+            baseline_B[real_B] = lo + (hi - lo) * torch.from_numpy(self.spo.baseline(keys))
+        self._pending = (keys, reward_B)
         for uid in {u for u, is_real in zip(uids, real, strict=True) if is_real}:
             self.spo_uid_keys.pop(uid, None)  # n > 1 rows share a uid
         return baseline_B

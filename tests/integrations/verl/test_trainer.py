@@ -258,6 +258,13 @@ def test_missing_divergence_metric_is_one_clear_error(tmp_path, transfer_queue):
         _step(transfer_queue, trainer, [1.0, 0.0, 1.0, 0.0], [2, 2, 2, 2])
 
 
+def test_reward_outside_range_stops_before_the_update(tmp_path, transfer_queue):
+    trainer = make_trainer(tmp_path, verl_rows(8))  # reward_range [0, 1]
+    with pytest.raises(ValueError, match="rewards"):
+        _step(transfer_queue, trainer, [1.0, 2.0, 0.0, 0.0], [2, 2, 2, 2])
+    assert trainer.actor_rollout_wg.calls == []
+
+
 # ---------------------------------------------------------------------- checkpoints
 def test_tracker_round_trips_through_verls_checkpoint_dir(tmp_path, transfer_queue):
     trainer = make_trainer(tmp_path, verl_rows(8, index=lambda i: f"id-{i}"))
