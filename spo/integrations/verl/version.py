@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
-SUPPORTED_VERL = ("0.9.1",)
+SUPPORTED_VERL = ("0.9.0", "0.9.1")
 
 
 class UnsupportedVerlError(RuntimeError):
