@@ -7,14 +7,16 @@ function), `--steps` optimizer steps of 64 samples each (GRPO: 8 prompts x 8 com
 `num_generations=8`; SPO: 64 distinct prompts x 1), temperature 1.0, at most 24 new
 tokens, lr 2e-5 constant, beta 0, one optimizer step per generation, TRL's default loss.
 
-Per (seed, arm): held-out accuracy of the task's first 128 test prompts before and after
-training (spo.eval: greedy and avg@4 at temperature 1.0, the same eval seed for both
-arms), TRL's `train_runtime` (wall-clock of training, generation included), and the share
-of trained samples whose advantage is exactly 0 (no gradient: GRPO's all-equal groups;
-for SPO r = v̂ exactly), plus SPO's share with |r − v̂| <= 1e-4 from its logs.
+Per (seed, arm): held-out accuracy on the task's first --eval-prompts test prompts
+(default 128) before and after training (spo.eval: greedy and avg@4 at temperature 1.0,
+the same eval seed for both arms; "before" is measured once per seed), TRL's
+`train_runtime` (wall-clock of training, generation included), and the share of trained
+samples whose advantage is exactly 0 (no gradient: GRPO's all-equal groups; for SPO
+r = v̂ exactly), plus SPO's share with |r − v̂| <= 1e-4 from its logs.
 
 Results are appended to --out (JSON) after every arm, so an interrupted study resumes
-where it stopped; --report rewrites the markdown table from the JSON.
+where it stopped; --report rewrites the markdown table from the JSON (hand-written notes
+after the NOTES marker in the markdown are kept).
 
     python bench/trl_spo_vs_grpo.py --seeds 0,1,2 --steps 20
 """
@@ -47,6 +49,7 @@ SETTINGS = {
     "eval_k": 4,
 }
 ARMS = ("grpo", "spo")
+NOTES = "<!-- notes: text below this line is kept when the table is regenerated -->"
 
 
 def _task():
@@ -250,6 +253,14 @@ def report(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(data: dict) -> None:
+    """Regenerate the table; hand-written notes after the NOTES marker are kept."""
+    notes = ""
+    if REPORT.is_file() and NOTES in REPORT.read_text():
+        notes = REPORT.read_text().split(NOTES, 1)[1]
+    REPORT.write_text(report(data) + "\n" + NOTES + notes)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
@@ -290,8 +301,8 @@ def main(argv=None) -> int:
                 )
                 data["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 args.out.write_text(json.dumps(data, indent=1))
-                REPORT.write_text(report(data))
-    REPORT.write_text(report(data))
+                write_report(data)
+    write_report(data)
     print(REPORT.read_text())
     return 0
 
