@@ -9,6 +9,7 @@ No I/O, no models, no config objects (design.md). The contract is ../shared/spo-
 - `losses`      ppo_clip_loss — clip-higher + dual clip, three aggregations (§6);
                 tis_weight — truncated importance sampling for engine mismatch
 - `metrics`     pass@k, maj@k, avg@k, degenerate fraction, advantage variance (§8)
+- `state`       SPOState — the pieces above behind host prompt keys (for integrations)
 """
 
 from spo.algo.advantages import (
@@ -32,6 +33,7 @@ from spo.algo.metrics import (
     small_advantage_fraction,
 )
 from spo.algo.sampler import PrioritySampler, priority_weights
+from spo.algo.state import SPOState
 from spo.algo.tracker import ValueTracker
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "AGGREGATIONS",
     "DriftTracker",
     "PrioritySampler",
+    "SPOState",
     "UnknownNameError",
     "ValueTracker",
     "advantage_variance",

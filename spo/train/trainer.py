@@ -36,14 +36,11 @@ import torch
 
 from spo.algo import (
     ADVANTAGES,
-    DriftTracker,
-    PrioritySampler,
-    ValueTracker,
+    SPOState,
     advantage_variance,
     degenerate_fraction,
     policy_drift,
     replay_divergence,
-    rho_from_divergence,
     small_advantage_fraction,
 )
 from spo.diagnostics import write_diagnostics
@@ -146,19 +143,22 @@ class Trainer:
             self.optimizer = optimizer_from_config(self.model.parameters(), cfg)
             self.updater = LocalUpdate(self.model, self.optimizer, cfg)
 
-        n = len(self.train_examples)
         t = cfg.tracker
-        self.tracker = ValueTracker(
-            n,
+        mode = self.algo.sampler if cfg.sampler.mode == "auto" else cfg.sampler.mode
+        # Tracker, sampler and drift clock live in SPOState, keyed by prompt index
+        # (the same object the TRL / verl integrations use).
+        self.spo = SPOState(
+            len(self.train_examples),
             rho_min=t.rho_min,
             rho_max=t.rho_max,
+            d_half=t.d_half,
             prior_value=t.prior_value,
             prior_count=t.prior_count,
+            eps=cfg.sampler.eps,
+            seed=cfg.seed,
+            sampler=mode,
         )
-        self.drift = DriftTracker(n)
         self.replay = ReplayStore()
-        mode = self.algo.sampler if cfg.sampler.mode == "auto" else cfg.sampler.mode
-        self.sampler = PrioritySampler(eps=cfg.sampler.eps, seed=cfg.seed, mode=mode)
         self.scheduler = self._build_scheduler()
         self.step = 0
         self.samples_seen = 0
@@ -180,6 +180,19 @@ class Trainer:
         self.logger = RunLogger(
             self.run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb, config=to_dict(cfg)
         )
+
+    # The SPOState pieces under the names the checkpoint and metrics code use.
+    @property
+    def tracker(self):
+        return self.spo.tracker
+
+    @property
+    def sampler(self):
+        return self.spo.sampler
+
+    @property
+    def drift(self):
+        return self.spo.drift
 
     # ---------------------------------------------------------------- set-up helpers
     def _check_run_dir(self) -> None:
@@ -245,7 +258,8 @@ class Trainer:
             )
 
         def draw(k, eligible):
-            return self.sampler.draw(self.tracker.values(), k, eligible=eligible)
+            candidates = None if eligible is None else np.flatnonzero(eligible)
+            return np.asarray(self.spo.select(k, candidates), dtype=np.int64)
 
         from concurrent.futures import ThreadPoolExecutor
 
@@ -353,7 +367,7 @@ class Trainer:
                 "samples_per_step"
             )
         if self.scheduler is None:  # synchronous: this step's batch, generated now
-            ids = self.sampler.draw(self.tracker.values(), prompts_per_step)
+            ids = np.asarray(self.spo.select(prompts_per_step), dtype=np.int64)
             ids_B = np.repeat(ids, group)
             group_id_B = torch.from_numpy(np.repeat(np.arange(prompts_per_step), group))
             rollouts = self.engine.generate(
@@ -377,7 +391,7 @@ class Trainer:
             adv_name, baseline_B = "none", torch.zeros_like(reward_B)
         else:
             adv_name = self.algo.advantage
-            baseline_B = torch.from_numpy(self.tracker.value(ids_B).astype(np.float32))
+            baseline_B = torch.from_numpy(self.spo.baseline(ids_B).astype(np.float32))
         adv_B = ADVANTAGES[adv_name](reward_B, baseline_B=baseline_B, group_id_B=group_id_B)
 
         batch = pack(
@@ -391,8 +405,8 @@ class Trainer:
         self.engine.sync_weights(self.model)
         t_train = time.perf_counter()
 
-        rho, rho_stats = self._forgetting(ids_B, batch, rollouts, old_logp_BT)
-        self.tracker.update(ids_B, reward_B.numpy(), rho, step=step)
+        rho_kw, rho_stats = self._forgetting(ids_B, batch, rollouts, old_logp_BT)
+        self.spo.observe(ids_B, reward_B, step=step, **rho_kw)
         if step % TRIM_EVERY == 0:  # freed activations back to the OS (spo.train.heap)
             trim_heap()
         t_end = time.perf_counter()
@@ -425,11 +439,11 @@ class Trainer:
         return self.updater.update(batch, adv_B, behaviour_BT, stale_B)
 
     def _forgetting(self, ids_B, batch, rollouts, old_logp_BT):
-        """rho per sample: constant, cumulative drift (O(1)/prompt) or replay (reference)."""
+        """rho per sample as `SPOState.observe` arguments: constant, cumulative drift
+        (O(1)/prompt, SPOState's drift clock) or replay divergence (reference)."""
         t = self.cfg.tracker
-        clip = {"d_half": t.d_half, "rho_min": t.rho_min, "rho_max": t.rho_max}
         if t.rho == "constant":
-            return t.rho_constant, {}
+            return {"rho": t.rho_constant}, {}
         if t.rho == "drift":
             n = min(t.drift_sample, len(ids_B))
             sub = batch.select(torch.arange(n))
@@ -437,10 +451,8 @@ class Trainer:
             step_drift = float(
                 policy_drift(new, old_logp_BT[:n, : new.shape[1]], sub.completion_mask_BT)
             )
-            self.drift.advance(step_drift)
-            d_B = self.drift.divergence(ids_B)
-            self.drift.mark(ids_B)
-            return rho_from_divergence(d_B, **clip), {"rho/step_drift": step_drift}
+            self.spo.advance(step_drift)  # observe() reads D(x) from the clock and marks x
+            return {}, {"rho/step_drift": step_drift}
         # replay: the reference code's estimator (one stored response per prompt)
         d_B = np.zeros(len(ids_B), dtype=np.float32)
         known = [i for i, pid in enumerate(ids_B) if pid in self.replay]
@@ -466,7 +478,7 @@ class Trainer:
                 np.asarray(rollouts.completion_ids[row], dtype=np.int32),
                 after[row, :n_tok].numpy().astype(np.float32),
             )
-        return rho_from_divergence(d_B, **clip), {"rho/replay_bytes": float(self.replay.nbytes)}
+        return {"divergence": d_B}, {"rho/replay_bytes": float(self.replay.nbytes)}
 
     def _step_metrics(
         self,
