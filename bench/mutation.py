@@ -60,7 +60,7 @@ MUTANTS = [
         "baseline_constant_half",
         "baseline is a constant 0.5 instead of the tracker's v̂",
         (
-            "baseline_B = torch.from_numpy(self.tracker.value(ids_B).astype(np.float32))",
+            "baseline_B = torch.from_numpy(self.spo.baseline(ids_B).astype(np.float32))",
             "baseline_B = torch.full_like(reward_B, 0.5)",
         ),
     ),
@@ -68,30 +68,30 @@ MUTANTS = [
         "tracker_one_minus_reward",
         "the tracker absorbs 1 − r instead of r",
         (
-            "self.tracker.update(ids_B, reward_B.numpy(), rho, step=step)",
-            "self.tracker.update(ids_B, 1.0 - reward_B.numpy(), rho, step=step)",
+            "self.spo.observe(ids_B, reward_B, step=step, **rho_kw)",
+            "self.spo.observe(ids_B, 1.0 - reward_B, step=step, **rho_kw)",
         ),
     ),
     _m(
         "tracker_rho_one",
         "the tracker is updated with ρ = 1 whatever the estimator returned",
         (
-            "self.tracker.update(ids_B, reward_B.numpy(), rho, step=step)",
-            "self.tracker.update(ids_B, reward_B.numpy(), 1.0, step=step)",
+            "self.spo.observe(ids_B, reward_B, step=step, **rho_kw)",
+            "self.spo.observe(ids_B, reward_B, step=step, rho=1.0)",
         ),
     ),
     _m(
         "tracker_wrong_step_stamp",
         "the tracker records the previous step as the visit",
         (
-            "self.tracker.update(ids_B, reward_B.numpy(), rho, step=step)",
-            "self.tracker.update(ids_B, reward_B.numpy(), rho, step=self.step)",
+            "self.spo.observe(ids_B, reward_B, step=step, **rho_kw)",
+            "self.spo.observe(ids_B, reward_B, step=self.step, **rho_kw)",
         ),
     ),
     _m(
         "baseline_misaligned",
         "each sample gets its neighbour's baseline",
-        ("self.tracker.value(ids_B).astype", "self.tracker.value(np.roll(ids_B, 1)).astype"),
+        ("self.spo.baseline(ids_B).astype", "self.spo.baseline(np.roll(ids_B, 1)).astype"),
     ),
     _m(
         "reward_credited_to_other_sample",
@@ -106,8 +106,8 @@ MUTANTS = [
         "tracker_ids_misaligned",
         "the tracker credits each reward to the neighbouring prompt",
         (
-            "self.tracker.update(ids_B, reward_B.numpy(), rho, step=step)",
-            "self.tracker.update(np.roll(ids_B, 1), reward_B.numpy(), rho, step=step)",
+            "self.spo.observe(ids_B, reward_B, step=step, **rho_kw)",
+            "self.spo.observe(np.roll(ids_B, 1), reward_B, step=step, **rho_kw)",
         ),
     ),
     _m(
@@ -117,10 +117,9 @@ MUTANTS = [
         (
             "        # Baseline is read BEFORE this step's rewards are absorbed "
             "(unbiased gradient).\n",
-            "        self.tracker.update(ids_B, reward_B.numpy(), self.cfg.tracker.rho_max, "
-            "step=step)\n",
+            "        self.spo.observe(ids_B, reward_B, step=step, rho=self.cfg.tracker.rho_max)\n",
         ),
-        ("        self.tracker.update(ids_B, reward_B.numpy(), rho, step=step)\n", ""),
+        ("        self.spo.observe(ids_B, reward_B, step=step, **rho_kw)\n", ""),
     ),
     _m(
         "grouped_sampler_priority",
@@ -183,10 +182,10 @@ MUTANTS = [
         "every step samples with the same generation seed",
         ("seed=_step_seed(cfg.seed, step, 0)", "seed=_step_seed(cfg.seed, 0, 0)"),
     ),
-    _m(
+    Mutant(
         "drift_visits_not_marked",
         "the drift estimator never records a visit: D grows from the run's start",
-        ("self.drift.mark(ids_B)", "pass"),
+        (("spo/algo/state.py", "self.drift.mark(ids)", "pass"),),
     ),
     _m(
         "replay_not_stored",

@@ -24,8 +24,8 @@ import pytest
 import test_trainer
 import torch
 
+import spo.algo.state as state_module
 import spo.models
-import spo.train.trainer as trainer_module
 import spo.train.update as update_module
 from spo.algo import ADVANTAGES
 from spo.train.config import load_config
@@ -119,14 +119,16 @@ class StepSpy:
 
         monkeypatch.setattr(update_module, "ppo_clip_loss", ppo_clip_loss)
 
-        rho_fn = trainer_module.rho_from_divergence
+        # ρ(D) of the drift and replay estimators: the trainer hands D to SPOState.observe,
+        # which maps it with rho_from_divergence (a constant ρ bypasses it).
+        rho_fn = state_module.rho_from_divergence
 
         def rho_from_divergence(*args, **kw):
             rho = rho_fn(*args, **kw)
             self.rho_returned.append(np.array(rho, dtype=np.float64, copy=True))
             return rho
 
-        monkeypatch.setattr(trainer_module, "rho_from_divergence", rho_from_divergence)
+        monkeypatch.setattr(state_module, "rho_from_divergence", rho_from_divergence)
 
         tracker_update = t.tracker.update
 
