@@ -392,14 +392,28 @@ def _config(kind: str, path, overrides: list[str]):
 
 
 def _models_to_evaluate(kind, path, cfg, skip_base: bool) -> list[dict]:
-    from spo.train.checkpoint import CheckpointError, list_checkpoints, read_state
+    from spo.train.checkpoint import (
+        CheckpointError,
+        check_one,
+        intact_checkpoints,
+        list_checkpoints,
+        read_state,
+    )
 
     if kind == "model":
         return [{"label": "model", "path": str(path), "step": None}]
-    ckpts = [path] if kind == "checkpoint" else list_checkpoints(path / "checkpoints")
+    if kind == "checkpoint":
+        check_one(path)  # damaged -> one-line CheckpointError
+        ckpts = [path]
+    else:  # every intact checkpoint; a damaged one is skipped with a warning line
+        ckpts = intact_checkpoints(path / "checkpoints")
     if not ckpts:
+        damaged = len(list_checkpoints(path / "checkpoints"))
         raise CheckpointError(
-            f"run dir {str(path)!r} has no complete checkpoint yet; evaluate "
+            f"run dir {str(path)!r} has no intact checkpoint ({damaged} damaged, see the "
+            f"warnings above); evaluate the initial model with `spo eval {cfg.model.path}`"
+            if damaged
+            else f"run dir {str(path)!r} has no complete checkpoint yet; evaluate "
             f"the initial model with `spo eval {cfg.model.path}`"
         )
     out = []

@@ -206,15 +206,9 @@ class Trainer:
             ) from None
 
     def _resume_checkpoint(self) -> Path:
-        """Newest checkpoint whose state files load; older ones are fallbacks."""
-        candidates = ckpt.list_checkpoints(self.ckpt_root)
-        for path in reversed(candidates):
-            try:
-                ckpt.read_state(path)
-                return path
-            except ckpt.CheckpointError as e:
-                print(f"warning: skipping {path.name}: {e}")
-        raise TrainError(f"no readable checkpoint in {str(self.ckpt_root)!r}")
+        """Newest checkpoint that verifies against its manifest; older ones are fallbacks
+        (one warning line per damaged one, nothing deleted; none intact -> one-line error)."""
+        return ckpt.newest_intact(self.ckpt_root)
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         from spo.models import encode_prompts
