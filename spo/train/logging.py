@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 
+class RunWriteError(ValueError):
+    """The run directory cannot be written (full disk, I/O error); one line for the user."""
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -49,6 +53,19 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
+def _append(fh, records: list[dict], *, ascii_only: bool = True) -> None:
+    """Append JSON lines, flushed and fsync'ed; a full disk is one clear line, not a trace."""
+    try:
+        fh.write("".join(json.dumps(r, ensure_ascii=ascii_only) + "\n" for r in records))
+        fh.flush()
+        os.fsync(fh.fileno())
+    except OSError as e:
+        raise RunWriteError(
+            f"cannot write {fh.name} ({e.strerror}); free space and continue with "
+            "`spo train --resume RUN_DIR` (steps after the last checkpoint are redone)"
+        ) from None
+
+
 class RunLogger:
     """Append metrics to RUN_DIR/metrics.jsonl and mirror them to TensorBoard / wandb."""
 
@@ -81,9 +98,7 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        _append(self._fh, [record])
         numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         if self._tb is not None:
             for key, value in numeric.items():
