@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,9 @@ class Trainer:
         self.task = load_task(**_task_kwargs(cfg))
         if not self.task.train:
             raise TrainError(f"task {cfg.task.name!r} has no training prompts")
+        print(self.task.summary(), flush=True)  # prompts used, duplicates, rows skipped
+        for warning in self.task.info.get("warnings", ()):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
         self.train_examples = self.task.train
         self.eval_examples = self.task.test[: cfg.eval_size]
 
