@@ -180,7 +180,13 @@ def difficulties(examples) -> list | None:
     return levels if any(d is not None for d in levels) else None
 
 
-def evaluate_examples(
+def evaluate_examples(model, tokenizer, task, examples, **settings) -> dict[str, float]:
+    """Evaluate a policy on `examples`; returns a flat dict of metrics (fractions in [0, 1]).
+    `settings`: those of `evaluate_with_samples` (k, max_new_tokens, temperature, ...)."""
+    return evaluate_with_samples(model, tokenizer, task, examples, **settings)[0]
+
+
+def evaluate_with_samples(
     model,
     tokenizer,
     task,
@@ -195,8 +201,8 @@ def evaluate_examples(
     greedy: bool = True,
     batch_size: int = 64,
     top_p: float = 1.0,
-) -> dict[str, float]:
-    """Evaluate a policy on `examples`; returns a flat dict of metrics (fractions in [0, 1])."""
+) -> tuple[dict[str, float], EvalSamples]:
+    """Metrics of a policy on `examples` (see `evaluate_examples`) and what it wrote."""
     from spo.rewards import RewardPool
 
     own_pool = reward_pool is None
@@ -220,9 +226,10 @@ def evaluate_examples(
     finally:
         if own_pool:
             pool.close()
-    return summarize(
+    metrics = summarize(
         s.reward_EK if k > 0 else None, s.answers_EK, s.greedy_reward_E, difficulties(examples)
     )
+    return metrics, s
 
 
 def calibrate(

@@ -272,6 +272,16 @@ class LogConfig:
     tensorboard: bool = _f(True, "write TensorBoard events to RUN_DIR/tb")
     wandb: bool = _f(False, "also log to Weights & Biases (if installed)")
     progress: bool = _f(True, "console progress bar")
+    samples_per_step: int = _f(
+        4,
+        "rows written to RUN_DIR/samples.jsonl per training step and per in-training eval "
+        "(prompt, completion, reward, advantage, v̂; 0 = none)",
+    )
+    constant_reward_warning: int = _f(
+        10,
+        "steps in a row with every reward 0 (or every reward 1) before one console warning "
+        "(0 = never)",
+    )
 
 
 @dataclass
@@ -383,6 +393,9 @@ def validate(cfg: TrainConfig) -> None:
     for key in positive:
         if values[key] <= 0:
             raise ConfigError(f"{key} must be > 0, got {values[key]}")
+    for key in ("log.samples_per_step", "log.constant_reward_warning"):
+        if values[key] < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = off), got {values[key]}")
     for key in ("task.train_size", "task.test_size"):
         if values[key] is not None and values[key] < (1 if key == "task.train_size" else 0):
             raise ConfigError(
