@@ -140,50 +140,32 @@ def load_task(
         raise TaskError(f"train_size must be at least 1 (or null for all), got {train_size}")
     if test_size is not None and test_size < 0:
         raise TaskError(f"test_size must be 0 or more (or null for the default), got {test_size}")
-    skip = skip_bad_rows or None  # only True is an option a task kind may not take
-    procedural_test = DEFAULT_PROCEDURAL_TEST_SIZE if test_size is None else test_size
+    file_only = {
+        "test_path": test_path,
+        "reward_fn": reward_fn,
+        "skip_bad_rows": skip_bad_rows or None,
+    }
+    sizes = {  # procedural tasks: their defaults for null
+        "train_size": train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
+        "test_size": DEFAULT_PROCEDURAL_TEST_SIZE if test_size is None else test_size,
+        "seed": seed,
+    }
 
     if name == "arithmetic":
         from spo.tasks.arithmetic import load_arithmetic
 
-        _reject(name, test_path=test_path, reward_fn=reward_fn, skip_bad_rows=skip)
-        return load_arithmetic(
-            train_size=train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
-            test_size=procedural_test,
-            seed=seed,
-            difficulty=difficulty,
-        )
+        _reject(name, **file_only)
+        return load_arithmetic(**sizes, difficulty=difficulty)
     if name == "arithmetic_tool":
         from spo.tasks.arithmetic_tool import load_arithmetic_tool
 
-        _reject(
-            name,
-            test_path=test_path,
-            reward_fn=reward_fn,
-            difficulty=difficulty,
-            skip_bad_rows=skip,
-        )
-        return load_arithmetic_tool(
-            train_size=train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
-            test_size=procedural_test,
-            seed=seed,
-        )
+        _reject(name, **file_only, difficulty=difficulty)
+        return load_arithmetic_tool(**sizes)
     if name.startswith(GYM_PREFIX):
         from spo.tasks.gym import load_gym
 
-        _reject(
-            name,
-            test_path=test_path,
-            reward_fn=reward_fn,
-            difficulty=difficulty,
-            skip_bad_rows=skip,
-        )
-        return load_gym(
-            name[len(GYM_PREFIX) :],
-            train_size=train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
-            test_size=procedural_test,
-            seed=seed,
-        )
+        _reject(name, **file_only, difficulty=difficulty)
+        return load_gym(name[len(GYM_PREFIX) :], **sizes)
 
     from spo.tasks.files import load_file_task, looks_like_path
 
