@@ -13,12 +13,14 @@ chosen step in one of these moments:
 - ckpt_seal:  after every file and the manifest are written, before the marker
 - random:     a timer at a uniform random time after start (unaligned to any phase)
 
-Kills at a step past the next checkpoint lose the steps since it; the next child redoes
-them. At the end the two final checkpoints are compared: every model tensor bit for bit,
-every array and scalar of the trainer state (tracker, sampler RNG, drift, replay, in-flight
-rollouts; `train_seconds` excepted: wall time), and every line of metrics.jsonl and
-samples.jsonl (minus timing keys: time/*, throughput/*, wall_seconds). The child writes
-its moment to stderr before dying so the result file records what was hit.
+The target step is up to two checkpoints past the newest one; a kill loses the steps
+since the newest checkpoint and the next child redoes them (a kill before the first
+checkpoint means a fresh start). At the end the two final checkpoints are compared:
+every model tensor bit for bit, every array and scalar of the trainer state (tracker,
+sampler RNG, drift, replay, in-flight rollouts; `train_seconds` excepted: wall time), and
+every line of metrics.jsonl and samples.jsonl (minus timing keys: time/*, throughput/*,
+wall_seconds). The child writes its moment to stderr before dying, so the result file
+records what was hit.
 
     python bench/kill9_soak.py                     # writes bench/results/kill9_soak.json
     python bench/kill9_soak.py --kills 4 --steps 12 --out /tmp/quick.json
@@ -106,7 +108,7 @@ def child(argv: list[str]) -> int:
     current = lambda: trainer.step + 1  # noqa: E731 - the step being computed
 
     if moment == "random":
-        threading.Timer(float(delay), _die, ("random", -1)).start()
+        threading.Timer(float(delay), lambda: _die("random", current())).start()
     elif moment == "generate":
         phase = {"on": False, "calls": 0}
         target_calls = 1 + int(float(delay) * 4)  # the k-th forward pass of generation
@@ -249,12 +251,14 @@ def soak(mode: str, args, tmp: Path, model_dir: Path, data: Path, reward: Path) 
         items = overrides(model_dir, data, reward, run, args, mode)
         if done:
             items.append("resume=true")
-        # a step past the newest checkpoint (ckpt moments: the next checkpoint's step)
+        # a step up to two checkpoints past the newest (ckpt moments: one of those two)
+        ce = args.checkpoint_every
         if moment.startswith("ckpt"):
-            step = start + args.checkpoint_every
+            step = min(start + ce * rng.randint(1, 2), args.steps)
         else:
-            step = rng.randint(start + 1, min(start + args.checkpoint_every + 1, args.steps))
+            step = rng.randint(start + 1, min(start + 2 * ce, args.steps))
         delay = rng.uniform(0.5, 6.0) if moment == "random" else rng.random()
+        t_child = time.perf_counter()
         r = _train(items, moment, step, delay)
         hit = [x for x in r.stderr.splitlines() if x.startswith("SOAK-KILL")]
         kills.append(
@@ -264,6 +268,7 @@ def soak(mode: str, args, tmp: Path, model_dir: Path, data: Path, reward: Path) 
                 "target_step": step,
                 "returncode": r.returncode,
                 "killed": r.returncode == -signal.SIGKILL,
+                "seconds": round(time.perf_counter() - t_child, 1),
                 "hit": hit[0] if hit else None,
                 "checkpoints_after": _checkpoints(run),
             }
@@ -294,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return child(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=12, help="SIGKILLs per mode (default 12)")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--checkpoint-every", type=int, default=3)
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--modes", default="sync,async")
