@@ -119,6 +119,11 @@ class Trainer:
         print(self.task.summary(), flush=True)  # prompts used, duplicates, rows skipped
         for warning in self.task.info.get("warnings", ()):
             print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if cfg.eval_every and not self.task.test:
+            raise TrainError(
+                f"eval_every={cfg.eval_every} but task {cfg.task.name!r} has no held-out "
+                "prompts; give task.test_path or task.test_size, or set eval_every=0"
+            )
         self.train_examples = self.task.train
         self.eval_examples = self.task.test[: cfg.eval_size]
 

@@ -144,3 +144,19 @@ def test_train_prints_one_task_line_and_the_warning(tmp_path, tiny_model_dir, ca
         "32 training / 3 held-out prompts (from 40 rows; 1 duplicates dropped, 4 bad rows skipped)"
     )
     assert sum(line.startswith("warning: skipped 4 bad rows") for line in err.splitlines()) == 1
+
+
+def test_eval_without_held_out_prompts_is_one_line(tmp_path, tiny_model_dir, capsys):
+    from spo.cli import main
+
+    lines = [json.dumps({"prompt": f"q{i}", "answer": str(i)}) for i in range(5)]
+    args = [
+        f"model.path={tiny_model_dir}",
+        f"task.name={write_lines(tmp_path / 'tiny.jsonl', lines)}",
+        "eval_every=1",
+        f"run_dir={tmp_path / 'run'}",
+    ]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("warning:") and "too few to hold out" in err[0]
+    assert err[-1].startswith("spo: error: eval_every=1 but task") and len(err) == 2
