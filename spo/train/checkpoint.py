@@ -120,7 +120,7 @@ def save_checkpoint(root: Path, step: int, write: Callable[[Path], None], *, kee
         shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(e, OSError) and not (full and isinstance(e, Exception)):
             raise  # a bug or an interrupt, not the disk: keep the traceback
-        reason = "no space left on device" if full else (e.strerror or str(e))
+        reason = (e.strerror or str(e)) if isinstance(e, OSError) else "no space left on device"
         intact = [p.name for p in list_checkpoints(root)]
         older = f"older checkpoints are intact ({', '.join(intact)})" if intact else "none older"
         raise CheckpointError(
