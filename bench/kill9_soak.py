@@ -19,8 +19,8 @@ checkpoint means a fresh start). At the end the two final checkpoints are compar
 every model tensor bit for bit, every array and scalar of the trainer state (tracker,
 sampler RNG, drift, replay, in-flight rollouts; `train_seconds` excepted: wall time), and
 every line of metrics.jsonl and samples.jsonl (minus timing keys: time/*, throughput/*,
-wall_seconds). The child writes its moment to stderr before dying, so the result file
-records what was hit.
+wall_seconds, rollout/wall, rollout/engine_idle_fraction). The child writes its moment to
+stderr before dying, so the result file records what was hit.
 
     python bench/kill9_soak.py                     # writes bench/results/kill9_soak.json
     python bench/kill9_soak.py --kills 4 --steps 12 --out /tmp/quick.json
@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MOMENTS = ("generate", "update", "tracker", "ckpt_write", "ckpt_seal", "random")
-TIMING = ("time/", "throughput/", "wall_seconds", "rollout/engine_idle_fraction")
+TIMING = ("time/", "throughput/", "wall_seconds", "rollout/wall", "rollout/engine_idle_fraction")
 REWARD_SRC = '''
 def reward(completion, answer):
     """Fraction of the first 8 characters that are ASCII letters: fractional, text-driven."""
@@ -222,9 +222,10 @@ def compare(a: Path, b: Path, steps: int) -> dict:
         la, lb = _lines(a / name), _lines(b / name)
         if len(la) != len(lb):
             out[key].append(f"{len(la)} vs {len(lb)} lines")
-        out[key] += [
-            f"line {i + 1}" for i, (x, y) in enumerate(zip(la, lb, strict=False)) if x != y
-        ]
+        for i, (x, y) in enumerate(zip(la, lb, strict=False)):
+            keys = sorted(k for k in x.keys() | y.keys() if x.get(k) != y.get(k))
+            if keys:
+                out[key].append(f"line {i + 1}: {', '.join(keys)}")
     out["compared"] = {
         "weight_tensors": len(wa),
         "state_arrays": len(arr_a),
