@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench mutation clean
 
 install: $(STAMP)
 
@@ -24,6 +24,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
+# Optional: bubblewrap, so the sandbox's attack suite also runs under isolation="bwrap"
+# (docs/sandbox.md). Needs root and apt-get; anywhere else it says so and does nothing.
+.PHONY: sandbox-deps
+sandbox-deps:
+	@if command -v bwrap >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2) >/dev/null 2>&1 \
+	    || echo "sandbox-deps: apt-get could not install bubblewrap; bwrap tests will skip"; \
+	else echo "sandbox-deps: not root or no apt-get; bwrap tests will skip"; fi
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check spo tests bench
 	$(VENV)/bin/ruff format --check spo tests bench
@@ -34,5 +44,10 @@ bench: $(STAMP)
 	$(PY) bench/generate_speed.py
 	$(PY) bench/trl_compare.py
 
+# Mutation check of the wiring (bench/mutation.py): named trainer mutants + mutmut over
+# spo/algo and spo/train/trainer.py; writes bench/results/mutation.{json,md}. Long (~1 h).
+mutation: $(STAMP)
+	$(PY) bench/mutation.py --mutmut
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache mutants

@@ -158,7 +158,9 @@ def cmd_init_values(args: argparse.Namespace) -> int:
     model, tokenizer = load_policy(cfg.model.path, dtype=cfg.model.dtype, device=cfg.model.device)
     examples = task.train
     prompts = encode_prompts(
-        tokenizer, [ex.prompt for ex in examples], system_prompt=cfg.task.system_prompt
+        tokenizer,
+        [ex.prompt for ex in examples],
+        system_prompt=task.chat_system_prompt(cfg.task.system_prompt),
     )
     engine = make_local_engine(cfg, model, tokenizer, model_path=cfg.model.path)
     n0 = args.samples

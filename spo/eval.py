@@ -567,7 +567,7 @@ def run(args: argparse.Namespace) -> int:
         "max_new_tokens": r.max_new_tokens,
         "temperature": r.temperature or 1.0,
         "top_p": r.top_p,
-        "system_prompt": cfg.task.system_prompt,
+        "system_prompt": task.chat_system_prompt(cfg.task.system_prompt),
         "seed": cfg.seed,
         "batch_size": r.batch_size,
     }

@@ -72,6 +72,12 @@ class Task:
     info: Mapping[str, Any] = field(default_factory=dict)
     """For file tasks: rows read, duplicates dropped, rows skipped, warnings (list of lines)."""
 
+    def chat_system_prompt(self, override: str | None) -> str | None:
+        """The one system-prompt rule of training, evaluation and `spo init-values`: the
+        config's `task.system_prompt` when set, else the task's own (None = the chat
+        template's default)."""
+        return override if override is not None else self.system_prompt
+
     def extract_answer(self, completion: str) -> str | None:
         """The final answer of `completion` (None = extraction failed); maj@k votes on it."""
         return self.extractor(completion)

@@ -223,9 +223,7 @@ class Trainer:
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         from spo.models import encode_prompts
 
-        system = self.cfg.task.system_prompt
-        if system is None:  # a task's own system prompt (e.g. how to call the tool)
-            system = self.task.system_prompt
+        system = self.task.chat_system_prompt(self.cfg.task.system_prompt)
         return encode_prompts(self.tokenizer, prompts, system_prompt=system)
 
     def _build_scheduler(self) -> RolloutScheduler | None:
@@ -567,7 +565,7 @@ class Trainer:
             max_new_tokens=self.cfg.rollout.max_new_tokens,
             temperature=self.cfg.rollout.temperature or 1.0,
             top_p=self.cfg.rollout.top_p,
-            system_prompt=self.cfg.task.system_prompt,
+            system_prompt=self.task.chat_system_prompt(self.cfg.task.system_prompt),
             reward_pool=self.rewards,
             seed=self.cfg.seed,
         )

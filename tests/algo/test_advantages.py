@@ -42,10 +42,15 @@ def test_spo_batch_of_one_and_constant_batch_are_zero_not_nan():
     assert spo_advantage(torch.zeros(0), torch.zeros(0)).shape == (0,)
 
 
-def test_spo_accepts_numpy_and_keeps_float32():
-    out = spo_advantage(np.array([1, 0, 1], dtype=np.float32), np.array([0.5, 0.5, 0.5]))
-    assert out.dtype == torch.float64 or out.dtype == torch.float32
-    assert torch.isfinite(out).all()
+def test_spo_accepts_numpy_and_promotes_dtypes_like_torch():
+    """float32 in -> float32 out (the trainer's path); mixed precision promotes (float64
+    baseline -> float64), as torch's own arithmetic does; never silently downcast."""
+    r32 = np.array([1, 0, 1], dtype=np.float32)
+    out = spo_advantage(r32, np.array([0.5, 0.25, 0.5], dtype=np.float32))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([0.5773503, -1.1547005, 0.5773503]))
+    out64 = spo_advantage(r32, np.array([0.5, 0.25, 0.5]))
+    assert out64.dtype == torch.float64
 
 
 def test_grpo_advantage_by_hand():

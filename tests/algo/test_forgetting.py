@@ -15,8 +15,9 @@ def test_rho_from_divergence_by_hand():
     # d = 0 → 2^0 = 1 → clipped to ρ_max = 0.96 (first visit)
     assert rho_from_divergence(0.0) == 0.96
     # d = 0.006 → 2^(−0.006/0.06) = 2^(−0.1) = 0.933033… (inside the clip range)
-    assert rho_from_divergence(0.006) == pytest.approx(2**-0.1)
-    assert math.isclose(2**-0.1, 0.933033, abs_tol=1e-6)
+    assert rho_from_divergence(0.006) == pytest.approx(0.933033, abs=1e-6)
+    # D_half scales D: d = 0.012 with d_half = 0.12 is the same point of the curve
+    assert rho_from_divergence(0.012, d_half=0.12) == pytest.approx(0.933033, abs=1e-6)
     # d = 0.06 → 2^(−1) = 0.5 → clipped to ρ_min = 0.875
     assert rho_from_divergence(0.06) == 0.875
     # d = 0.003 → 2^(−0.05) = 0.96594 > ρ_max → 0.96
@@ -43,6 +44,7 @@ def test_rho_from_divergence_vector_and_options():
     ],
 )
 def test_rho_from_divergence_invalid(kwargs, match):
+    kwargs = dict(kwargs)  # the parametrize dict is shared across reruns; never mutate it
     d = kwargs.pop("d")
     with pytest.raises(ValueError, match=match):
         rho_from_divergence(d, **kwargs)

@@ -24,7 +24,9 @@ def test_pass_at_k_by_hand():
     # n=10, c=3, k=3: 1 − C(7,3)/C(10,3) = 1 − 35/120 = 0.708333…
     assert pass_at_k(10, 3, 3) == pytest.approx(1 - 35 / 120)
     # product form: 1 − (1 − 3/8)(1 − 3/9)(1 − 3/10) = 1 − (5/8)(6/9)(7/10) = 1 − 210/720
-    assert math.isclose(1 - 210 / 720, 1 - 35 / 120)
+    assert pass_at_k(10, 3, 3) == pytest.approx(1 - (5 / 8) * (6 / 9) * (7 / 10))
+    # n=5, c=2, k=2: 1 − C(3,2)/C(5,2) = 1 − 3/10
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)
     assert pass_at_k(10, 0, 5) == 0.0
     assert pass_at_k(10, 8, 3) == 1.0  # n − c = 2 < k: every 3-subset has a correct one
     assert pass_at_k(4, 1, 1) == pytest.approx(0.25)  # pass@1 = c/n

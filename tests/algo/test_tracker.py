@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -25,8 +24,8 @@ def test_prior_and_one_update_by_hand():
     # α = 0.9·0.5 + 1 = 1.45, β = 0.9·0.5 + 0 = 0.45 → v̂ = 1.45/1.9 = 0.763157…, N = 1.9
     assert t.value([1])[0] == pytest.approx(1.45 / 1.9, rel=1e-6)
     assert t.count([1])[0] == pytest.approx(1.9, rel=1e-6)
-    # EMA form: v̂ = 0.5 + (1 − 0.5)/(0.9·1 + 1) = 0.5 + 0.5/1.9 = 0.763157…
-    assert math.isclose(0.5 + 0.5 / 1.9, 1.45 / 1.9)
+    # EMA form of the same update: v̂ ← v̂ + (r − v̂)/(ρN + 1) = 0.5 + 0.5/(0.9·1 + 1)
+    assert t.value([1])[0] == pytest.approx(0.5 + (1.0 - 0.5) / (0.9 * 1.0 + 1.0), rel=1e-6)
     t.update([1], [0.25], 0.5)
     # α = 0.5·1.45 + 0.25 = 0.975, β = 0.5·0.45 + 0.75 = 0.975 → v̂ = 0.5, N = 1.95
     assert t.value([1])[0] == pytest.approx(0.5, rel=1e-6)
@@ -94,21 +93,23 @@ def test_init_from_values_user_prior():
     np.testing.assert_allclose(t.beta[[0, 2]], [3.6, 1.2], rtol=1e-6)
 
 
-def test_pre_update_baseline_is_what_the_advantage_uses():
-    """The baseline must not depend on the sample's own reward (unbiased gradient)."""
+def test_value_reads_are_snapshots_not_views():
+    """A baseline read before an update must stay the pre-update value after it: if
+    value()/values() returned views of the state, the trainer's pre-update baseline
+    would silently become the post-update one (a biased gradient). That the trainer
+    reads before it updates is pinned in tests/train/test_wiring.py."""
     ids = np.array([0, 1, 2])
-    baselines = []
-    for r in ([1.0, 1.0, 1.0], [0.0, 0.0, 0.0]):
-        t = ValueTracker(3)
-        t.init_from_counts(ids, [2, 4, 6], [8, 8, 8])
-        baseline = t.value(ids)  # read BEFORE the update, as the trainer does
-        adv = spo_advantage(np.array(r, np.float32), baseline, normalize=False)
-        t.update(ids, r, 0.9)
-        np.testing.assert_allclose(adv.numpy(), np.array(r) - baseline, rtol=1e-6)
-        baselines.append(baseline)
-        post = t.value(ids)
-        assert not np.allclose(post, baseline)  # reading after the update would differ
-    np.testing.assert_array_equal(baselines[0], baselines[1])  # independent of own reward
+    t = ValueTracker(3)
+    t.init_from_counts(ids, [2, 4, 6], [8, 8, 8])
+    baseline = t.value(ids)
+    everything = t.values()
+    want = (np.array([2, 4, 6]) + 0.5) / 9.0
+    t.update(ids, [1.0, 1.0, 1.0], 0.9)
+    np.testing.assert_allclose(baseline, want, rtol=1e-6)
+    np.testing.assert_allclose(everything, want, rtol=1e-6)
+    assert np.all(t.value(ids) > want)  # the state itself moved
+    adv = spo_advantage(np.ones(3, np.float32), baseline, normalize=False)
+    np.testing.assert_allclose(adv.numpy(), 1.0 - want, rtol=1e-6)
 
 
 def _loop_update(alpha, beta, ids, rewards, rho):

@@ -190,6 +190,13 @@ def test_constant_rho_and_no_baseline_run(tiny_model_dir, task_files, tmp_path):
     finally:
         trainer.close()
     assert np.isfinite(last["train/loss"])
+    # Constant ρ = 0.9 from the prior N = 1: a prompt seen v times has N_v = 0.9·N_{v-1} + 1,
+    # so N ∈ {1, 1.9, 2.71}; summed visits are exactly the samples trained on (2 × 8).
+    counts = trainer.tracker.count(np.arange(trainer.tracker.num_prompts))
+    n_by_visits = {0: 1.0, 1: 1.9, 2: 2.71}
+    visits = [min(n_by_visits, key=lambda v: abs(n_by_visits[v] - c)) for c in counts]
+    np.testing.assert_allclose(counts, [n_by_visits[v] for v in visits], rtol=1e-5)
+    assert sum(visits) == trainer.samples_seen == 16
 
 
 # ------------------------------------------------------------------------ bad input
