@@ -21,6 +21,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from spo.tasks import TaskError
     from spo.train.checkpoint import CheckpointError
     from spo.train.config import ConfigError
+    from spo.train.logging import RunWriteError
     from spo.train.trainer import TrainError
     from spo.train.values import ValuesFileError
 
@@ -33,6 +34,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         ValuesFileError,
         EngineError,
+        RunWriteError,
     )
 
 

@@ -10,7 +10,8 @@ temperature / top_p). A sample is correct when its reward is >= 0.5. Reported:
     maj@k      correctness of the most frequent extracted final answer among the k
                samples (`spo.algo.maj_at_k`: failed extractions never win)
     extract_fail         share of samples whose final answer could not be extracted
-    <metric>/difficulty=<d>   the same per difficulty level when the task has one
+    <metric>/difficulty=<d>   the same per difficulty level when the task has one;
+                         structured levels read <metric>/num_terms=2-6,num_digits=1-4
 
 `spo eval` takes a model directory, the embedded model, one checkpoint, or a run
 directory (every complete checkpoint plus the initial model as step 0, giving accuracy vs
@@ -90,7 +91,7 @@ def summarize(
     rows_by_level: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(difficulty_E):
         if d is not None:
-            rows_by_level[str(d)].append(i)
+            rows_by_level[level_suffix(d)].append(i)
     for level in sorted(rows_by_level, key=_level_key):
         rows = rows_by_level[level]
         sub = _metrics(
@@ -98,12 +99,42 @@ def summarize(
             None if answers_EK is None else answers_EK[rows],
             None if greedy_reward_E is None else greedy_reward_E[rows],
         )
-        out.update({f"{key}/difficulty={level}": v for key, v in sub.items()})
+        out.update({f"{key}/{level}": v for key, v in sub.items()})
     return out
 
 
+def level_suffix(difficulty) -> str:
+    """The metric-key suffix of a difficulty level, readable and stable across runs:
+    "difficulty=add2" for a plain label; for structured metadata (reasoning-gym's ranges)
+    its fields in order, ranges as lo-hi: "num_terms=2-6,num_digits=1-4"."""
+    if isinstance(difficulty, dict):
+        return ",".join(f"{k}={_plain(v)}" for k, v in difficulty.items())
+    return f"difficulty={_plain(difficulty)}"
+
+
+def _plain(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "-".join(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return "(" + ",".join(f"{k}={_plain(v)}" for k, v in value.items()) + ")"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).replace("/", "_")  # "/" separates TensorBoard groups
+
+
+def split_level_key(key: str) -> tuple[str, str] | None:
+    """("avg@4", "difficulty=add2") from "avg@4/difficulty=add2"; None for overall keys."""
+    metric, sep, level = key.partition("/")
+    return (metric, level) if sep and "=" in level else None
+
+
+def _level_name(level: str) -> str:
+    return level.removeprefix("difficulty=")
+
+
 def _level_key(level: str):
-    return (0, float(level), level) if level.replace(".", "", 1).isdigit() else (1, 0.0, level)
+    name = _level_name(level)
+    return (0, float(name), name) if name.replace(".", "", 1).isdigit() else (1, 0.0, name)
 
 
 # ------------------------------------------------------------------------ sampling
@@ -180,7 +211,13 @@ def difficulties(examples) -> list | None:
     return levels if any(d is not None for d in levels) else None
 
 
-def evaluate_examples(
+def evaluate_examples(model, tokenizer, task, examples, **settings) -> dict[str, float]:
+    """Evaluate a policy on `examples`; returns a flat dict of metrics (fractions in [0, 1]).
+    `settings`: those of `evaluate_with_samples` (k, max_new_tokens, temperature, ...)."""
+    return evaluate_with_samples(model, tokenizer, task, examples, **settings)[0]
+
+
+def evaluate_with_samples(
     model,
     tokenizer,
     task,
@@ -195,8 +232,8 @@ def evaluate_examples(
     greedy: bool = True,
     batch_size: int = 64,
     top_p: float = 1.0,
-) -> dict[str, float]:
-    """Evaluate a policy on `examples`; returns a flat dict of metrics (fractions in [0, 1])."""
+) -> tuple[dict[str, float], EvalSamples]:
+    """Metrics of a policy on `examples` (see `evaluate_examples`) and what it wrote."""
     from spo.rewards import RewardPool
 
     own_pool = reward_pool is None
@@ -220,9 +257,10 @@ def evaluate_examples(
     finally:
         if own_pool:
             pool.close()
-    return summarize(
+    metrics = summarize(
         s.reward_EK if k > 0 else None, s.answers_EK, s.greedy_reward_E, difficulties(examples)
     )
+    return metrics, s
 
 
 def calibrate(
@@ -392,14 +430,28 @@ def _config(kind: str, path, overrides: list[str]):
 
 
 def _models_to_evaluate(kind, path, cfg, skip_base: bool) -> list[dict]:
-    from spo.train.checkpoint import CheckpointError, list_checkpoints, read_state
+    from spo.train.checkpoint import (
+        CheckpointError,
+        check_one,
+        intact_checkpoints,
+        list_checkpoints,
+        read_state,
+    )
 
     if kind == "model":
         return [{"label": "model", "path": str(path), "step": None}]
-    ckpts = [path] if kind == "checkpoint" else list_checkpoints(path / "checkpoints")
+    if kind == "checkpoint":
+        check_one(path)  # damaged -> one-line CheckpointError
+        ckpts = [path]
+    else:  # every intact checkpoint; a damaged one is skipped with a warning line
+        ckpts = intact_checkpoints(path / "checkpoints")
     if not ckpts:
+        damaged = len(list_checkpoints(path / "checkpoints"))
         raise CheckpointError(
-            f"run dir {str(path)!r} has no complete checkpoint yet; evaluate "
+            f"run dir {str(path)!r} has no intact checkpoint ({damaged} damaged, see the "
+            f"warnings above); evaluate the initial model with `spo eval {cfg.model.path}`"
+            if damaged
+            else f"run dir {str(path)!r} has no complete checkpoint yet; evaluate "
             f"the initial model with `spo eval {cfg.model.path}`"
         )
     out = []
@@ -462,7 +514,7 @@ def print_table(results: list[dict], k: int, levels_named: dict[str, str] | None
         print(row)
     m = results[-1]["metrics"]
     levels = sorted(
-        {key.split("/difficulty=")[1] for key in m if "/difficulty=" in key}, key=_level_key
+        {parts[1] for key in m if (parts := split_level_key(key)) is not None}, key=_level_key
     )
     if not levels:
         return
@@ -470,10 +522,11 @@ def print_table(results: list[dict], k: int, levels_named: dict[str, str] | None
     print(f"\nby difficulty ({results[-1]['label']}):")
     print(f"{'difficulty':<12}{'prompts':>8}" + "".join(f"{c:>10}" for c in cols))
     for lv in levels:
-        n = int(m.get(f"n_prompts/difficulty={lv}", 0))
+        n = int(m.get(f"n_prompts/{lv}", 0))
+        name = _level_name(lv)
         print(
-            f"{(lv + ' ' + (levels_named or {}).get(lv, '')).strip():<12}{n:>8}"
-            + "".join(f"{_pct(m.get(f'{c}/difficulty={lv}')):>10}" for c in cols)
+            f"{(name + ' ' + (levels_named or {}).get(name, '')).strip():<12}{n:>8}"
+            + "".join(f"{_pct(m.get(f'{c}/{lv}')):>10}" for c in cols)
         )
 
 

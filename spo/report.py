@@ -82,7 +82,7 @@ def load_run(path: str | Path) -> RunData:
     from omegaconf import OmegaConf
 
     from spo.diagnostics import checkpoint_diagnostics, read_diagnostics_log
-    from spo.train.checkpoint import CheckpointError, list_checkpoints
+    from spo.train.checkpoint import STATE_FILES, CheckpointError, intact_checkpoints
     from spo.train.config import ConfigError
     from spo.train.logging import read_metrics
 
@@ -106,7 +106,8 @@ def load_run(path: str | Path) -> RunData:
         metrics=metrics,
     )
     run.heldout = _heldout_points(path, metrics)
-    ckpts = list_checkpoints(path / "checkpoints")
+    # Only the files a report reads are verified (no model, no optimizer): cheap.
+    ckpts = intact_checkpoints(path / "checkpoints", only=STATE_FILES)
     run.diagnostics_log = read_diagnostics_log(path)
     logged = {r["step"] for r in run.diagnostics_log}
     from spo.diagnostics import scalar_row

@@ -69,6 +69,8 @@ class Task:
     verifier: Verifier
     extractor: Extractor
     system_prompt: str | None = None  # the task's own, used when the config sets none
+    info: Mapping[str, Any] = field(default_factory=dict)
+    """For file tasks: rows read, duplicates dropped, rows skipped, warnings (list of lines)."""
 
     def chat_system_prompt(self, override: str | None) -> str | None:
         """The one system-prompt rule of training, evaluation and `spo init-values`: the
@@ -79,6 +81,16 @@ class Task:
     def extract_answer(self, completion: str) -> str | None:
         """The final answer of `completion` (None = extraction failed); maj@k votes on it."""
         return self.extractor(completion)
+
+    def summary(self) -> str:
+        """One line for the console at start: name, prompts, duplicates dropped, skipped."""
+        line = f"task {self.name}: {len(self.train)} training / {len(self.test)} held-out prompts"
+        if "rows" in self.info:
+            line += (
+                f" (from {self.info['rows']} rows; {self.info['duplicates']} duplicates "
+                f"dropped, {self.info['skipped']} bad rows skipped)"
+            )
+        return line
 
 
 def content_id(prompt: str, answer: str) -> str:
@@ -93,15 +105,17 @@ VALID_NAMES = (
     "arithmetic, arithmetic_tool, reasoning_gym:<dataset> (e.g. reasoning_gym:leg_counting), "
     "or a path to a .jsonl/.json/.parquet/.csv file or a datasets.save_to_disk directory"
 )
-DEFAULT_PROCEDURAL_TRAIN_SIZE = 1000
-"""Procedural tasks have no "all": train_size=None means this many prompts."""
+DEFAULT_PROCEDURAL_TRAIN_SIZE = 256
+DEFAULT_PROCEDURAL_TEST_SIZE = 128
+"""Procedural tasks have no "all": train_size / test_size None mean these many prompts.
+Files: train_size None = every row not held out; test_size None = min(128, 10%)."""
 
 
 def load_task(
     name: str,
     *,
-    train_size: int | None = 1000,
-    test_size: int = 200,
+    train_size: int | None = None,
+    test_size: int | None = None,
     seed: int = 0,
     prompt_column: str = "prompt",
     answer_column: str = "answer",
@@ -109,54 +123,55 @@ def load_task(
     test_path: str | None = None,
     reward_fn: str | None = None,
     difficulty: str | None = None,
+    skip_bad_rows: bool = False,
 ) -> Task:
     """Build the task called `name` (see the module docstring); deterministic given the args.
 
-    train_size: training prompts (None = all rows of a file; 1000 for procedural tasks).
-    test_size: held-out prompts, disjoint from train (split off the file unless test_path).
+    train_size: training prompts (None = every row of a file that is not held out; 256
+        for procedural tasks).
+    test_size: held-out prompts, disjoint from train (None = min(128, 10%) of a file, split
+        off it unless test_path; 128 for procedural tasks).
     seed: seeds procedural generation and the train/test split of files.
     test_path: a separate held-out file for file tasks.
     reward_fn: None (task default), "exact", "math", or "pkg.module:function" /
         "/path/file.py:function" for `f(completion, answer) -> float | bool`.
     difficulty: arithmetic only — "easy" / "default" / "hard" or a comma list of levels.
+    skip_bad_rows: files only — skip (and count) rows without a prompt or answer and lines
+        of invalid JSON instead of stopping at the first.
     Raises TaskError with one line saying what is wrong and how to fix it.
     """
     if not isinstance(name, str) or not name.strip():
         raise TaskError(f"task name is empty; valid tasks: {VALID_NAMES}")
     if train_size is not None and train_size < 1:
         raise TaskError(f"train_size must be at least 1 (or null for all), got {train_size}")
-    if test_size < 0:
-        raise TaskError(f"test_size must be 0 or more, got {test_size}")
+    if test_size is not None and test_size < 0:
+        raise TaskError(f"test_size must be 0 or more (or null for the default), got {test_size}")
+    file_only = {
+        "test_path": test_path,
+        "reward_fn": reward_fn,
+        "skip_bad_rows": skip_bad_rows or None,
+    }
+    sizes = {  # procedural tasks: their defaults for null
+        "train_size": train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
+        "test_size": DEFAULT_PROCEDURAL_TEST_SIZE if test_size is None else test_size,
+        "seed": seed,
+    }
 
     if name == "arithmetic":
         from spo.tasks.arithmetic import load_arithmetic
 
-        _reject(name, test_path=test_path, reward_fn=reward_fn)
-        return load_arithmetic(
-            train_size=train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
-            test_size=test_size,
-            seed=seed,
-            difficulty=difficulty,
-        )
+        _reject(name, **file_only)
+        return load_arithmetic(**sizes, difficulty=difficulty)
     if name == "arithmetic_tool":
         from spo.tasks.arithmetic_tool import load_arithmetic_tool
 
-        _reject(name, test_path=test_path, reward_fn=reward_fn, difficulty=difficulty)
-        return load_arithmetic_tool(
-            train_size=train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
-            test_size=test_size,
-            seed=seed,
-        )
+        _reject(name, **file_only, difficulty=difficulty)
+        return load_arithmetic_tool(**sizes)
     if name.startswith(GYM_PREFIX):
         from spo.tasks.gym import load_gym
 
-        _reject(name, test_path=test_path, reward_fn=reward_fn, difficulty=difficulty)
-        return load_gym(
-            name[len(GYM_PREFIX) :],
-            train_size=train_size or DEFAULT_PROCEDURAL_TRAIN_SIZE,
-            test_size=test_size,
-            seed=seed,
-        )
+        _reject(name, **file_only, difficulty=difficulty)
+        return load_gym(name[len(GYM_PREFIX) :], **sizes)
 
     from spo.tasks.files import load_file_task, looks_like_path
 
@@ -173,10 +188,11 @@ def load_task(
         id_column=id_column,
         test_path=test_path,
         reward_fn=reward_fn,
+        skip_bad_rows=skip_bad_rows,
     )
 
 
-def _reject(task_name: str, **options: str | None) -> None:
+def _reject(task_name: str, **options: str | bool | None) -> None:
     """Options that a task kind does not use are errors, not silently ignored."""
     for option, value in options.items():
         if value is not None:
@@ -190,6 +206,7 @@ _OPTION_SCOPE = {
     "test_path": "dataset files",
     "reward_fn": "dataset files",
     "difficulty": "the built-in arithmetic task",
+    "skip_bad_rows": "dataset files",
 }
 
 __all__ = [

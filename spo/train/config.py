@@ -77,8 +77,16 @@ class TaskConfig:
         "arithmetic | reasoning_gym:<dataset> | path to .jsonl/.parquet"
         " or a saved HF dataset dir (columns prompt, answer, optional id)",
     )
-    train_size: int | None = _f(256, "number of training prompts (null = all)")
-    test_size: int = _f(128, "number of held-out prompts")
+    train_size: int | None = _f(
+        None,
+        "training prompts (null = the task's default: every row of a file that is not held "
+        "out; 256 for arithmetic / reasoning_gym)",
+    )
+    test_size: int | None = _f(
+        None,
+        "held-out prompts (null = the task's default: min(128, 10%) of a file, or all of "
+        "task.test_path; 128 for arithmetic / reasoning_gym)",
+    )
     seed: int = _f(0, "seed of the procedural tasks and of the train/test split")
     prompt_column: str = _f("prompt", "dataset column holding the user prompt")
     answer_column: str = _f("answer", "dataset column holding the reference answer")
@@ -94,6 +102,11 @@ class TaskConfig:
     difficulty: str | None = _f(None, "built-in arithmetic difficulty mix (see docs/tasks.md)")
     system_prompt: str | None = _f(
         None, "system prompt for the chat template (null = model default)"
+    )
+    skip_bad_rows: bool = _f(
+        False,
+        "dataset files: skip (and count) rows without a prompt or answer and invalid JSON "
+        "lines; false = stop at the first with its line number",
     )
 
 
@@ -259,6 +272,16 @@ class LogConfig:
     tensorboard: bool = _f(True, "write TensorBoard events to RUN_DIR/tb")
     wandb: bool = _f(False, "also log to Weights & Biases (if installed)")
     progress: bool = _f(True, "console progress bar")
+    samples_per_step: int = _f(
+        4,
+        "rows written to RUN_DIR/samples.jsonl per training step and per in-training eval "
+        "(prompt, completion, reward, advantage, v̂; 0 = none)",
+    )
+    constant_reward_warning: int = _f(
+        10,
+        "steps in a row with every reward 0 (or every reward 1) before one console warning "
+        "(0 = never)",
+    )
 
 
 @dataclass
@@ -361,7 +384,6 @@ def validate(cfg: TrainConfig) -> None:
         "optim.micro_batch_size",
         "checkpoint_every",
         "keep_checkpoints",
-        "task.test_size",
         "cluster.rollout_workers",
         "cluster.trainer_workers",
         "rollout.vllm.tensor_parallel_size",
@@ -371,6 +393,15 @@ def validate(cfg: TrainConfig) -> None:
     for key in positive:
         if values[key] <= 0:
             raise ConfigError(f"{key} must be > 0, got {values[key]}")
+    for key in ("log.samples_per_step", "log.constant_reward_warning"):
+        if values[key] < 0:
+            raise ConfigError(f"{key} must be >= 0 (0 = off), got {values[key]}")
+    for key in ("task.train_size", "task.test_size"):
+        if values[key] is not None and values[key] < (1 if key == "task.train_size" else 0):
+            raise ConfigError(
+                f"{key} must be {'> 0' if key == 'task.train_size' else '>= 0'} "
+                f"(or null for the task's default), got {values[key]}"
+            )
     if cfg.algo != "spo" and cfg.samples_per_step % cfg.group_size:
         raise ConfigError(
             f"samples_per_step={cfg.samples_per_step} is not divisible by group_size="

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ from spo.tasks import load_task
 from spo.train import checkpoint as ckpt
 from spo.train.config import TrainConfig, to_dict, to_yaml
 from spo.train.heap import TRIM_EVERY, trim_heap
-from spo.train.logging import RunLogger, truncate_metrics
+from spo.train.logging import RunLogger, reset_logs, sample_positions, sample_row
 from spo.train.optim import optimizer_from_config
 from spo.train.replay import ReplayStore
 from spo.train.update import LocalUpdate
@@ -112,6 +113,14 @@ class Trainer:
         self.task = load_task(**_task_kwargs(cfg))
         if not self.task.train:
             raise TrainError(f"task {cfg.task.name!r} has no training prompts")
+        print(self.task.summary(), flush=True)  # prompts used, duplicates, rows skipped
+        for warning in self.task.info.get("warnings", ()):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if cfg.eval_every and not self.task.test:
+            raise TrainError(
+                f"eval_every={cfg.eval_every} but task {cfg.task.name!r} has no held-out "
+                "prompts; give task.test_path or task.test_size, or set eval_every=0"
+            )
         self.train_examples = self.task.train
         self.eval_examples = self.task.test[: cfg.eval_size]
 
@@ -172,14 +181,15 @@ class Trainer:
         self.engine.sync_weights(self.model)  # engines holding their own copy start equal
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        metrics_path = self.run_dir / "metrics.jsonl"
-        if resume_from is not None:
-            truncate_metrics(metrics_path, self.step)
-        elif metrics_path.exists():
-            metrics_path.unlink()  # only reachable for a run dir without checkpoints
+        reset_logs(self.run_dir, self.step if resume_from is not None else None)
         self.logger = RunLogger(
-            self.run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb, config=to_dict(cfg)
+            self.run_dir,
+            tensorboard=cfg.log.tensorboard,
+            wandb=cfg.log.wandb,
+            config=to_dict(cfg),
+            constant_reward_warning=cfg.log.constant_reward_warning,
         )
+        self._samples: list[dict] = []  # this step's samples.jsonl rows
 
     # The SPOState pieces under the names the checkpoint and metrics code use.
     @property
@@ -219,15 +229,9 @@ class Trainer:
             ) from None
 
     def _resume_checkpoint(self) -> Path:
-        """Newest checkpoint whose state files load; older ones are fallbacks."""
-        candidates = ckpt.list_checkpoints(self.ckpt_root)
-        for path in reversed(candidates):
-            try:
-                ckpt.read_state(path)
-                return path
-            except ckpt.CheckpointError as e:
-                print(f"warning: skipping {path.name}: {e}")
-        raise TrainError(f"no readable checkpoint in {str(self.ckpt_root)!r}")
+        """Newest checkpoint that verifies against its manifest; older ones are fallbacks
+        (one warning line per damaged one, nothing deleted; none intact -> one-line error)."""
+        return ckpt.newest_intact(self.ckpt_root)
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         from spo.models import encode_prompts
@@ -393,6 +397,7 @@ class Trainer:
             adv_name = self.algo.advantage
             baseline_B = torch.from_numpy(self.spo.baseline(ids_B).astype(np.float32))
         adv_B = ADVANTAGES[adv_name](reward_B, baseline_B=baseline_B, group_id_B=group_id_B)
+        self._keep_samples(step, ids_B, rollouts.texts, reward_B, adv_B)  # v̂ before update
 
         batch = pack(
             rollouts.prompt_ids,
@@ -541,10 +546,29 @@ class Trainer:
         self._stop_requested = True
         print(f"\n{signal.Signals(signum).name}: finishing this step, checkpointing, exiting")
 
-    def evaluate(self, *, k: int = 1) -> dict[str, float]:
-        from spo.eval import evaluate_examples
+    def _keep_samples(self, step: int, ids_B, texts: list[str], reward_B, adv_B) -> None:
+        """samples.jsonl rows of this step at evenly spaced batch positions, with v̂ read
+        now (before the tracker absorbs this step); written once the step is logged."""
+        rows = sample_positions(len(texts), self.cfg.log.samples_per_step)
+        value_R = self.tracker.value(np.asarray(ids_B)[rows]) if rows else []
+        self._samples = [
+            sample_row(
+                step,
+                "train",
+                self.train_examples[int(ids_B[i])],
+                texts[i],
+                reward_B[i],
+                advantage=adv_B[i],
+                value=v,
+            )
+            for i, v in zip(rows, value_R, strict=True)
+        ]
 
-        return evaluate_examples(
+    def evaluate(self, *, k: int = 1) -> dict[str, float]:
+        """Held-out metrics; a few of the responses go to samples.jsonl (split "eval")."""
+        from spo.eval import evaluate_with_samples
+
+        metrics, samples = evaluate_with_samples(
             self.model,
             self.tokenizer,
             self.task,
@@ -557,6 +581,21 @@ class Trainer:
             reward_pool=self.rewards,
             seed=self.cfg.seed,
         )
+        rows = sample_positions(len(samples.texts_EK), self.cfg.log.samples_per_step)
+        self.logger.log_samples(
+            [
+                sample_row(
+                    self.step,
+                    "eval",
+                    self.eval_examples[i],
+                    samples.texts_EK[i][0],
+                    samples.reward_EK[i, 0],
+                )
+                for i in rows
+                if samples.texts_EK[i]
+            ]
+        )
+        return metrics
 
     def run(self, *, progress=None) -> dict[str, float]:
         """Train until cfg.steps (or a stop signal); checkpoint periodically and at the end."""
@@ -577,6 +616,7 @@ class Trainer:
                 if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
                     last.update({f"eval/{k}": v for k, v in self.evaluate(k=cfg.eval_k).items()})
                 self.logger.log(self.step, last)
+                self.logger.log_samples(self._samples)
                 if bar is not None:
                     bar.set_postfix(
                         reward=f"{last['reward/mean']:.2f}", s_per_step=f"{last['time/step']:.1f}"

@@ -209,7 +209,7 @@ def test_error_cases(tmp_path):
     bad.write_text('{"prompt": "a", "answer": "b"}\n{oops\n')
     assert "line 2 is not valid JSON" in one_line_error(name=str(bad))
     blank = write_jsonl(tmp_path / "blank.jsonl", [{"prompt": "", "answer": "1"}])
-    assert "row 0" in one_line_error(name=blank)
+    assert "line 1:" in one_line_error(name=blank)
     (tmp_path / "plain_dir").mkdir()
     assert "not a datasets.save_to_disk directory" in one_line_error(
         name=str(tmp_path / "plain_dir")
