@@ -109,8 +109,8 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
         "## Setup",
         "",
         f"- Model `{s.get('model.path')}`, task `{s.get('task.name')}` "
-        f"({s.get('task.train_size')} training prompts, {s.get('eval_size')} of "
-        f"{s.get('task.test_size')} held-out prompts evaluated).",
+        f"({_size(s.get('task.train_size'))} training prompts, {s.get('eval_size')} of "
+        f"{_size(s.get('task.test_size'))} held-out prompts evaluated).",
         f"- Every arm: {s.get('steps')} steps × {s.get('samples_per_step')} samples = "
         f"{total} samples and {s.get('steps') * (s.get('optim.updates_per_step') or 1)} optimizer "
         f"updates; group algorithms draw {s.get('samples_per_step')}/{s.get('group_size')} "
@@ -269,3 +269,8 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
     if summary["failed"]:
         lines += ["", f"**Unfinished runs (excluded):** {', '.join(summary['failed'])}"]
     return "\n".join(lines) + "\n"
+
+
+def _size(n) -> str:
+    """A task size setting as the page says it: null means the task's default."""
+    return "the task's default number of" if n is None else str(n)

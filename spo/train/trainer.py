@@ -550,7 +550,7 @@ class Trainer:
         """samples.jsonl rows of this step at evenly spaced batch positions, with v̂ read
         now (before the tracker absorbs this step); written once the step is logged."""
         rows = sample_positions(len(texts), self.cfg.log.samples_per_step)
-        value_R = self.tracker.value(np.asarray(ids_B)[rows]) if rows else []
+        value_R = self.spo.baseline(np.asarray(ids_B)[rows]) if rows else []
         self._samples = [
             sample_row(
                 step,
