@@ -147,7 +147,8 @@ def run_arm(arm: str, seed: int, steps: int, before: dict | None = None) -> dict
                 zero.append(float((out["advantages"] == 0).float().mean()))
             return out
 
-    before = before or _evaluate(model, tokenizer, task, seed)
+    if before is None:
+        before = _evaluate(model, tokenizer, task, seed)
     trainer = Recording(
         model=model,
         reward_funcs=correct,
@@ -270,6 +271,14 @@ def main(argv=None) -> int:
     p.add_argument("--eval-prompts", type=int, default=SETTINGS["eval_prompts"])
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report", action="store_true", help="only rewrite the markdown from --out")
+    p.add_argument(
+        "--merge", type=Path, nargs="*", default=[], help="JSON files of runs to add to --out"
+    )
+    p.add_argument(
+        "--skip-before",
+        action="store_true",
+        help="no initial-policy eval (another arm of the seed, run in parallel, measures it)",
+    )
     args = p.parse_args(argv)
     import torch
     import trl
@@ -286,6 +295,14 @@ def main(argv=None) -> int:
         f"{args.threads} threads",
         settings=SETTINGS,
     )
+    for extra in args.merge:
+        data["runs"] += json.loads(extra.read_text())["runs"]
+    for r in data["runs"]:  # runs started with --skip-before take their seed's measurement
+        if not r["before"]:
+            same_seed = [
+                o["before"] for o in data["runs"] if o["seed"] == r["seed"] and o["before"]
+            ]
+            r["before"] = same_seed[0] if same_seed else {}
     if not args.report:
         for seed in (int(s) for s in args.seeds.split(",")):
             for arm in args.arms.split(","):
@@ -296,9 +313,8 @@ def main(argv=None) -> int:
                     continue
                 print(f"== {arm} seed {seed}", flush=True)
                 done = [r for r in data["runs"] if r["seed"] == seed and r["steps"] == args.steps]
-                data["runs"].append(
-                    run_arm(arm, seed, args.steps, done[0]["before"] if done else None)
-                )
+                before = done[0]["before"] if done else ({} if args.skip_before else None)
+                data["runs"].append(run_arm(arm, seed, args.steps, before))
                 data["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 args.out.write_text(json.dumps(data, indent=1))
                 write_report(data)
