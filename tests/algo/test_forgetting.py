@@ -133,3 +133,14 @@ def test_drift_advance_invalid(bad):
 def test_drift_ids_out_of_range():
     with pytest.raises(ValueError, match="ids out of range"):
         DriftTracker(2).mark([2])
+
+
+def test_replay_divergence_single_token_row_and_stored_shape_message():
+    logp = torch.tensor([[-1.0, 0.0], [-2.0, -3.0]])
+    stored = torch.tensor([[-1.25, 0.0], [-2.5, -2.0]])
+    mask = torch.tensor([[1, 0], [1, 1]])
+    # row 0: one token, |−1 + 1.25| / 1 = 0.25; row 1: (0.5 + 1)/2 = 0.75
+    torch.testing.assert_close(replay_divergence(logp, stored, mask), torch.tensor([0.25, 0.75]))
+    with pytest.raises(ValueError) as info:
+        replay_divergence(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3))
+    assert str(info.value) == "stored_logp_BT must have the shape of logp_BT (2, 3); got (2, 4)"

@@ -142,3 +142,59 @@ def test_advantage_variance_by_hand():
         advantage_variance(adv, exclude_degenerate=True)
     with pytest.raises(ValueError, match="adv_B"):
         advantage_variance(np.array([np.nan]))
+
+
+def test_pass_at_k_scalar_in_float_out():
+    assert type(pass_at_k(10, 3, 3)) is float
+    assert type(pass_at_k(np.int64(4), np.int64(1), np.int64(1))) is float
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((4.5, 1, 2), "n must be integers; got [4.5] (float64)"),
+        ((4, 1, 2.5), "k must be integers; got [2.5] (float64)"),
+        ((4, -1, 2), "c must be >= 0; got n=4, c=-1, k=2"),
+        ((4, 5, 2), "c must be <= n; got n=4, c=5, k=2"),
+        ((4, 1, 0), "k must be >= 1; got n=4, c=1, k=0"),
+        ((4, 1, 5), "k must be <= n (cannot pick more samples than were drawn); got n=4, c=1, k=5"),
+    ],
+)
+def test_pass_at_k_invalid_exact_message(args, message):
+    with pytest.raises(ValueError) as info:
+        pass_at_k(*args)
+    assert str(info.value) == message
+
+
+def test_maj_at_k_majority_need_not_come_first():
+    # "4" (twice) beats "5" (once) although "5" comes first
+    assert maj_at_k(["5", "4", "4"], [0, 1, 1], 3) == 1.0
+    assert maj_at_k(["5", "4", "4", "5", "5"], [0, 1, 1, 0, 0], 5) == 0.0  # 3 × "5"
+    assert maj_at_k(["5", "4", "4", "5", "5"], [0, 1, 1, 0, 0], 3) == 1.0  # first 3 only
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((["1"], [1.5], 1), "correct must be in [0, 1]; got 1.5 at index 0"),
+        (([], [], 1), "answers must not be empty"),
+        ((["1"], [1], 0), "k must be in [1, 1]; got 0"),
+        (([["1"]], [1], 1), "answers must be hashable; got list at 0"),
+    ],
+)
+def test_maj_at_k_invalid_exact_message(args, message):
+    with pytest.raises(ValueError) as info:
+        maj_at_k(*args)
+    assert str(info.value) == message
+
+
+def test_avg_at_k_bounds_of_k_and_shape():
+    correct = np.array([[1, 0, 1, 1], [0, 0, 0, 1]], dtype=bool)
+    assert avg_at_k(correct, 1) == pytest.approx(1 / 2)  # first column [1, 0]
+    assert avg_at_k([1.0]) == 1.0  # K = 1 is a valid (E, K)
+    assert avg_at_k([[0.0], [1.0]], 1) == 0.5
+    with pytest.raises(ValueError, match=r"^k must be in \[1, 4\]; got 0$"):
+        avg_at_k(correct, 0)
+    for bad in (np.zeros(0), np.zeros((2, 0)), np.zeros((2, 2, 2))):
+        with pytest.raises(ValueError, match=r"^correct must be \(K,\) or \(E, K\) with K >= 1"):
+            avg_at_k(bad)

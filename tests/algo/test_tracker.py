@@ -292,3 +292,34 @@ def test_empty_update_is_a_no_op():
     t = ValueTracker(3)
     t.update(np.array([], dtype=np.int64), np.array([]), 0.9)
     np.testing.assert_array_equal(t.alpha, [0.5, 0.5, 0.5])
+
+
+def test_step_zero_counts_as_seen():
+    t = ValueTracker(3)
+    t.update([1], [1.0], 0.9, step=0)
+    np.testing.assert_array_equal(t.seen(), [False, True, False])
+    np.testing.assert_array_equal(t.seen([1, 2]), [True, False])
+    assert t.seen_fraction() == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    ("successes", "trials", "message"),
+    [
+        ([1, 1], [2], "trials must have shape (2,); got (1,)"),
+        ([1], [2, 2], "successes must have shape (2,); got (1,)"),
+        # the first index where s > n is named, not the first where s >= n
+        ([3, 4], [3, 3], "successes must be <= trials; got successes=4 > trials=3 at index 1"),
+    ],
+)
+def test_init_from_counts_shape_and_index_in_message(successes, trials, message):
+    t = ValueTracker(2)
+    with pytest.raises(ValueError) as info:
+        t.init_from_counts([0, 1], successes, trials)
+    assert str(info.value) == message
+
+
+def test_init_from_counts_broadcasts_scalar_trials():
+    t = ValueTracker(2)
+    t.init_from_counts([0, 1], [0, 8], 8)
+    # (0 + 0.5)/9 and (8 + 0.5)/9, N₀ = 8
+    np.testing.assert_allclose(t.value([0, 1]), [0.5 / 9, 8.5 / 9], rtol=1e-6)
