@@ -323,3 +323,72 @@ def test_init_from_counts_broadcasts_scalar_trials():
     t.init_from_counts([0, 1], [0, 8], 8)
     # (0 + 0.5)/9 and (8 + 0.5)/9, N₀ = 8
     np.testing.assert_allclose(t.value([0, 1]), [0.5 / 9, 8.5 / 9], rtol=1e-6)
+
+
+def _state(**override) -> dict:
+    """A fresh 3-prompt tracker's state (rho_min 0.875), with some entries replaced."""
+    return {**ValueTracker(3).state_dict(), **override}
+
+
+_F32 = np.float32
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"prior_value": 1.5}, "prior_value must be in [0, 1]; got 1.5"),
+        ({"prior_value": -0.5}, "prior_value must be in [0, 1]; got -0.5"),
+        ({"prior_count": 0.0}, "prior_count must be in (0, inf]; got 0.0"),
+        ({"num_updates": -1}, "num_updates must be in [0, inf]; got -1"),
+        ({"rho_max": 0.5}, "rho_max must be >= rho_min=0.875; got 0.5"),
+        (
+            {"alpha": np.array([0.5, np.inf, 0.5], _F32)},
+            "tracker state alpha/beta contain NaN or inf",
+        ),
+        (
+            {"beta": np.array([0.5, np.nan, 0.5], _F32)},
+            "tracker state alpha/beta contain NaN or inf",
+        ),
+        # negative alpha with a positive alpha+beta; negative beta; alpha = beta = 0
+        (
+            {"alpha": np.array([0.5, -0.25, 0.5], _F32)},
+            "tracker state needs alpha >= 0, beta >= 0, alpha+beta > 0",
+        ),
+        (
+            {"beta": np.array([0.5, -0.25, 0.5], _F32)},
+            "tracker state needs alpha >= 0, beta >= 0, alpha+beta > 0",
+        ),
+        (
+            {"alpha": np.array([0.5, 0.0, 0.5], _F32), "beta": np.array([0.5, 0.0, 0.5], _F32)},
+            "tracker state needs alpha >= 0, beta >= 0, alpha+beta > 0",
+        ),
+        (
+            {"alpha": np.full((3, 1), 0.5, _F32)},
+            "tracker state 'alpha' has shape (3, 1) but this tracker has 3 prompts; build "
+            "ValueTracker(num_prompts) with the checkpoint's count, load, then grow()",
+        ),
+    ],
+)
+def test_load_state_rejects_each_bad_entry_by_name(override, message):
+    t = ValueTracker(3)
+    with pytest.raises(ValueError) as info:
+        t.load_state_dict(_state(**override))
+    assert str(info.value) == message
+    assert t.state_dict()["num_updates"] == 0 and t.prior_value == 0.5  # nothing half-loaded
+
+
+def test_load_state_accepts_the_edges_and_owns_its_arrays():
+    # alpha = 0 or beta = 0 is a certain prompt (v̂ = 0 or 1), prior_count < 1, no update yet
+    alpha = np.array([0.0, 2.0, 0.5], dtype=np.float64)  # float64 in: stored as float32
+    beta = np.array([3.0, 0.0, 0.5], dtype=_F32)
+    last = np.array([-1, 4, 0], dtype=np.int64)
+    state = _state(alpha=alpha, beta=beta, last_step=last, prior_value=1.0, prior_count=0.5)
+    t = ValueTracker(3)
+    t.load_state_dict(state)
+    np.testing.assert_array_equal(t.value([0, 1, 2]), [0.0, 1.0, 0.5])
+    assert (t.alpha.dtype, t.beta.dtype, t.last_step().dtype) == (_F32, _F32, np.int32)
+    assert (t.prior_value, t.prior_count, t.num_updates) == (1.0, 0.5, 0)
+    np.testing.assert_array_equal(t.seen(), [False, True, True])
+    beta[2] = 7.0  # the caller's arrays are not the tracker's
+    last[0] = 9
+    assert t.beta[2] == 0.5 and t.last_step([0])[0] == -1
