@@ -200,3 +200,20 @@ def test_grpo_epsilon_is_added_to_the_std():
     torch.testing.assert_close(
         out, torch.tensor([a, -a, -a, a], dtype=torch.float64), rtol=1e-12, atol=0
     )
+
+
+def test_group_ids_as_lists_or_numpy_and_the_empty_batch():
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    want = torch.tensor([0.5, -0.5, 0.0, 0.0])
+    for g in ([7, 7, 2, 2], np.array([7, 7, 2, 2])):
+        torch.testing.assert_close(grpo_advantage(r, g, scale=None), want)
+        torch.testing.assert_close(rloo_advantage(r, g), 2 * want)
+    empty = torch.zeros(0)
+    assert grpo_advantage(empty, torch.zeros(0, dtype=torch.long)).shape == (0,)
+    assert rloo_advantage(empty, np.zeros(0, dtype=np.int64)).shape == (0,)
+
+
+def test_bool_group_ids_are_refused():
+    with pytest.raises(ValueError) as info:
+        grpo_advantage(torch.ones(2), torch.tensor([True, False]))
+    assert str(info.value) == "group_id_B must be integer group ids; got dtype torch.bool"

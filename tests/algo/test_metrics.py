@@ -198,3 +198,34 @@ def test_avg_at_k_bounds_of_k_and_shape():
     for bad in (np.zeros(0), np.zeros((2, 0)), np.zeros((2, 2, 2))):
         with pytest.raises(ValueError, match=r"^correct must be \(K,\) or \(E, K\) with K >= 1"):
             avg_at_k(bad)
+
+
+def test_group_ids_must_be_integers_named_in_the_message():
+    with pytest.raises(ValueError) as info:
+        degenerate_fraction([1.0, 0.0], [0.5, 1.0])
+    assert str(info.value) == "group_id_B must be integers; got [0.5] (float64)"
+    with pytest.raises(ValueError) as info:
+        advantage_variance([0.5, -0.5], [True, False], exclude_degenerate=True)
+    assert str(info.value) == "group_id_B must be integers; got [ True] (bool)"
+
+
+def test_pass_at_k_accepts_integral_floats_of_any_width():
+    # 4.0 and 5.0 are counts; float32 (e.g. from a torch tensor) as well as float64
+    assert pass_at_k(4.0, 1.0, 1.0) == pytest.approx(0.25)
+    assert pass_at_k(5.0, 1, 1) == pytest.approx(0.2)
+    assert pass_at_k(np.float32(5.0), 1, 1) == pytest.approx(0.2)
+    np.testing.assert_allclose(pass_at_k(torch.tensor([4.0, 5.0]), 1, 1), [0.25, 0.2])
+
+
+@pytest.mark.parametrize(
+    ("n", "message"),
+    [
+        ([4.5, 5.5], "n must be integers; got [4.5] (float64)"),  # the first value is shown
+        ("4", "n must be integers; got ['4'] (<U1)"),
+        ([[4], [4, 5]], "n must be array-like; got list"),
+    ],
+)
+def test_pass_at_k_non_integer_counts_message(n, message):
+    with pytest.raises(ValueError) as info:
+        pass_at_k(n, 1, 1)
+    assert str(info.value) == message

@@ -392,3 +392,30 @@ def test_load_state_accepts_the_edges_and_owns_its_arrays():
     beta[2] = 7.0  # the caller's arrays are not the tracker's
     last[0] = 9
     assert t.beta[2] == 0.5 and t.last_step([0])[0] == -1
+
+
+@pytest.mark.parametrize(
+    ("values", "counts", "message"),
+    [
+        ([0.5], 4.0, "values must have shape (2,); got (1,)"),
+        (0.5, [4.0], "counts must have shape (2,); got (1,)"),
+        (0.5, [4.0, -1.0], "counts must be in [0, inf]; got -1.0 at index 1"),
+        # the first count <= 0 is named (0.5 is a valid count)
+        (0.5, [0.5, 0.0], "counts must be > 0; got 0"),
+    ],
+)
+def test_init_from_values_names_the_bad_argument(values, counts, message):
+    t = ValueTracker(2)
+    with pytest.raises(ValueError) as info:
+        t.init_from_values([0, 1], values, counts)
+    assert str(info.value) == message
+
+
+def test_init_repeated_ids_message_and_ragged_state():
+    t = ValueTracker(2)
+    with pytest.raises(ValueError) as info:
+        t.init_from_values([1, 1], 0.5, 2.0)
+    assert str(info.value) == "ids must be distinct for initialisation; got repeated ids"
+    with pytest.raises(ValueError) as info:
+        t.load_state_dict(_state(alpha=[[0.5], [0.5, 0.5]]))
+    assert str(info.value) == "state['alpha'] must be array-like; got list"
