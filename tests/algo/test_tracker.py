@@ -303,18 +303,29 @@ def test_step_zero_counts_as_seen():
 
 
 @pytest.mark.parametrize(
-    ("successes", "trials", "message"),
+    ("init", "first", "second", "message"),
     [
-        ([1, 1], [2], "trials must have shape (2,); got (1,)"),
-        ([1], [2, 2], "successes must have shape (2,); got (1,)"),
+        ("counts", [1, 1], [2], "trials must have shape (2,); got (1,)"),
+        ("counts", [1], [2, 2], "successes must have shape (2,); got (1,)"),
         # the first index where s > n is named, not the first where s >= n
-        ([3, 4], [3, 3], "successes must be <= trials; got successes=4 > trials=3 at index 1"),
+        (
+            "counts",
+            [3, 4],
+            [3, 3],
+            "successes must be <= trials; got successes=4 > trials=3 at index 1",
+        ),
+        ("values", [0.5], 4.0, "values must have shape (2,); got (1,)"),
+        ("values", 0.5, [4.0], "counts must have shape (2,); got (1,)"),
+        ("values", 0.5, [4.0, -1.0], "counts must be in [0, inf]; got -1.0 at index 1"),
+        # the first count <= 0 is named (0.5 is a valid count)
+        ("values", 0.5, [0.5, 0.0], "counts must be > 0; got 0"),
     ],
 )
-def test_init_from_counts_shape_and_index_in_message(successes, trials, message):
+def test_init_names_the_bad_argument_and_its_index(init, first, second, message):
+    """init_from_counts(ids, successes, trials) / init_from_values(ids, values, counts)."""
     t = ValueTracker(2)
     with pytest.raises(ValueError) as info:
-        t.init_from_counts([0, 1], successes, trials)
+        getattr(t, f"init_from_{init}")([0, 1], first, second)
     assert str(info.value) == message
 
 
@@ -392,23 +403,6 @@ def test_load_state_accepts_the_edges_and_owns_its_arrays():
     beta[2] = 7.0  # the caller's arrays are not the tracker's
     last[0] = 9
     assert t.beta[2] == 0.5 and t.last_step([0])[0] == -1
-
-
-@pytest.mark.parametrize(
-    ("values", "counts", "message"),
-    [
-        ([0.5], 4.0, "values must have shape (2,); got (1,)"),
-        (0.5, [4.0], "counts must have shape (2,); got (1,)"),
-        (0.5, [4.0, -1.0], "counts must be in [0, inf]; got -1.0 at index 1"),
-        # the first count <= 0 is named (0.5 is a valid count)
-        (0.5, [0.5, 0.0], "counts must be > 0; got 0"),
-    ],
-)
-def test_init_from_values_names_the_bad_argument(values, counts, message):
-    t = ValueTracker(2)
-    with pytest.raises(ValueError) as info:
-        t.init_from_values([0, 1], values, counts)
-    assert str(info.value) == message
 
 
 def test_init_repeated_ids_message_and_ragged_state():
