@@ -147,10 +147,11 @@ def test_replay_divergence_single_token_row_and_stored_shape_message():
 
 
 def test_drift_load_state_checks_and_owns_its_array():
-    visit = np.array([0.25, np.nan], dtype=np.float64)  # float64 in: stored as float32
     dt = DriftTracker(2)
+    dt.load_state_dict({"total": 0.5, "visit_total": np.array([0.25, np.nan])})
+    assert dt.visit_total.dtype == np.float32 and dt.total == 0.5  # float64 in, float32 kept
+    visit = np.array([0.25, np.nan], dtype=np.float32)  # already float32: still copied
     dt.load_state_dict({"total": 0.5, "visit_total": visit})
-    assert dt.visit_total.dtype == np.float32 and dt.total == 0.5
     visit[0] = 0.0  # the caller's array is not the tracker's
     np.testing.assert_array_equal(dt.divergence([0, 1]), [0.25, 0.0])
     bad = {
