@@ -14,11 +14,13 @@ from spo.algo import (
     ADVANTAGE_NEEDS_BASELINE,
     ADVANTAGE_NEEDS_GROUPS,
     ADVANTAGES,
+    UnknownNameError,
     get_advantage,
     grpo_advantage,
     rloo_advantage,
     spo_advantage,
 )
+from spo.algo.advantages import Registry
 
 
 def test_spo_advantage_by_hand():
@@ -148,3 +150,70 @@ def test_invalid_input(call, match):
     with pytest.raises(ValueError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_rloo_group_of_two_is_the_other_sample_as_baseline():
+    # n = 2: A_i = r_i − r_other; the leave-one-out mean divides by n − 1 = 1
+    r = torch.tensor([1.0, 0.0, 0.25, 0.75])
+    g = torch.tensor([0, 0, 1, 1])
+    torch.testing.assert_close(rloo_advantage(r, g), torch.tensor([1.0, -1.0, -0.5, 0.5]))
+
+
+def test_registry_dr_grpo_is_grpo_without_the_std():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    g = torch.tensor([0, 0, 0, 1, 1, 1])
+    # group means 1/3 and 2/3: A = r − mean, no division by the std (which is ≠ 1 here)
+    want = torch.tensor([2 / 3, -1 / 3, -1 / 3, 1 / 3, 1 / 3, -2 / 3])
+    torch.testing.assert_close(ADVANTAGES["dr_grpo"](r, group_id_B=g), want)
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
+def test_registry_group_algorithms_name_themselves_when_groups_are_missing(name):
+    with pytest.raises(ValueError) as info:
+        ADVANTAGES[name](torch.ones(2), baseline_B=torch.ones(2))
+    assert str(info.value) == f"advantage {name!r} needs group_id_B; got None"
+
+
+def test_unknown_name_error_text_and_a_fresh_registry():
+    assert str(UnknownNameError()) == ""
+    assert str(UnknownNameError("unknown x 'y'")) == "unknown x 'y'"
+    reg = Registry("reward", {"b": 2, "a": 1})
+    assert dict(reg) == {"a": 1, "b": 2} and reg.kind == "reward"
+    with pytest.raises(UnknownNameError) as info:
+        reg["c"]
+    assert str(info.value) == "unknown reward 'c'; valid: a, b"
+
+
+def test_grpo_one_group_and_groups_of_two_by_hand():
+    r = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    # one group of 2: mean 0.5, unbiased std = sqrt((0.25 + 0.25)/1) = sqrt(0.5)
+    a = 0.5 / (math.sqrt(0.5) + 1e-6)
+    want = torch.tensor([a, -a], dtype=torch.float64)
+    torch.testing.assert_close(grpo_advantage(r, torch.tensor([3, 3])), want, rtol=1e-12, atol=0)
+
+
+def test_grpo_epsilon_is_added_to_the_std():
+    # float64 and a tight tolerance: std + 1e-6 vs std − 1e-6 differ by 3.5e-6 relative
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-6)
+    out = grpo_advantage(r, torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(
+        out, torch.tensor([a, -a, -a, a], dtype=torch.float64), rtol=1e-12, atol=0
+    )
+
+
+def test_group_ids_as_lists_or_numpy_and_the_empty_batch():
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    want = torch.tensor([0.5, -0.5, 0.0, 0.0])
+    for g in ([7, 7, 2, 2], np.array([7, 7, 2, 2])):
+        torch.testing.assert_close(grpo_advantage(r, g, scale=None), want)
+        torch.testing.assert_close(rloo_advantage(r, g), 2 * want)
+    empty = torch.zeros(0)
+    assert grpo_advantage(empty, torch.zeros(0, dtype=torch.long)).shape == (0,)
+    assert rloo_advantage(empty, np.zeros(0, dtype=np.int64)).shape == (0,)
+
+
+def test_bool_group_ids_are_refused():
+    with pytest.raises(ValueError) as info:
+        grpo_advantage(torch.ones(2), torch.tensor([True, False]))
+    assert str(info.value) == "group_id_B must be integer group ids; got dtype torch.bool"

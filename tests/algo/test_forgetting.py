@@ -133,3 +133,54 @@ def test_drift_advance_invalid(bad):
 def test_drift_ids_out_of_range():
     with pytest.raises(ValueError, match="ids out of range"):
         DriftTracker(2).mark([2])
+
+
+def test_replay_divergence_single_token_row_and_stored_shape_message():
+    logp = torch.tensor([[-1.0, 0.0], [-2.0, -3.0]])
+    stored = torch.tensor([[-1.25, 0.0], [-2.5, -2.0]])
+    mask = torch.tensor([[1, 0], [1, 1]])
+    # row 0: one token, |−1 + 1.25| / 1 = 0.25; row 1: (0.5 + 1)/2 = 0.75
+    torch.testing.assert_close(replay_divergence(logp, stored, mask), torch.tensor([0.25, 0.75]))
+    with pytest.raises(ValueError) as info:
+        replay_divergence(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3))
+    assert str(info.value) == "stored_logp_BT must have the shape of logp_BT (2, 3); got (2, 4)"
+
+
+def test_drift_load_state_checks_and_owns_its_array():
+    dt = DriftTracker(2)
+    dt.load_state_dict({"total": 0.5, "visit_total": np.array([0.25, np.nan])})
+    assert dt.visit_total.dtype == np.float32 and dt.total == 0.5  # float64 in, float32 kept
+    visit = np.array([0.25, np.nan], dtype=np.float32)  # already float32: still copied
+    dt.load_state_dict({"total": 0.5, "visit_total": visit})
+    visit[0] = 0.0  # the caller's array is not the tracker's
+    np.testing.assert_array_equal(dt.divergence([0, 1]), [0.25, 0.0])
+    bad = {
+        "total": (-1.0, "total must be in [0, inf]; got -1.0"),
+        "visit_total": (
+            np.zeros((2, 1), np.float32),
+            "drift state 'visit_total' has shape (2, 1) but this tracker has 2 prompts; build "
+            "DriftTracker(num_prompts) with the checkpoint's count, load, then grow()",
+        ),
+    }
+    for key, (value, message) in bad.items():
+        state = {**DriftTracker(2).state_dict(), key: value}
+        with pytest.raises(ValueError) as info:
+            dt.load_state_dict(state)
+        assert str(info.value) == message
+    with pytest.raises(ValueError, match=r"^state\['visit_total'\] must be array-like; got list$"):
+        dt.load_state_dict({"total": 0.0, "visit_total": [[1.0], [1.0, 2.0]]})
+    assert dt.total == 0.5  # nothing half-loaded
+
+
+@pytest.mark.parametrize(
+    ("num_prompts", "message"),
+    [
+        (-1, "num_prompts must be in [0, inf]; got -1"),
+        (1.5, "num_prompts must be an integer; got 1.5"),
+    ],
+)
+def test_drift_tracker_size_must_be_a_count(num_prompts, message):
+    with pytest.raises(ValueError) as info:
+        DriftTracker(num_prompts)
+    assert str(info.value) == message
+    assert DriftTracker(0).num_prompts == 0

@@ -142,3 +142,90 @@ def test_advantage_variance_by_hand():
         advantage_variance(adv, exclude_degenerate=True)
     with pytest.raises(ValueError, match="adv_B"):
         advantage_variance(np.array([np.nan]))
+
+
+def test_pass_at_k_scalar_in_float_out():
+    assert type(pass_at_k(10, 3, 3)) is float
+    assert type(pass_at_k(np.int64(4), np.int64(1), np.int64(1))) is float
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((4.5, 1, 2), "n must be integers; got [4.5] (float64)"),
+        ((4, 1, 2.5), "k must be integers; got [2.5] (float64)"),
+        ((4, -1, 2), "c must be >= 0; got n=4, c=-1, k=2"),
+        ((4, 5, 2), "c must be <= n; got n=4, c=5, k=2"),
+        ((4, 1, 0), "k must be >= 1; got n=4, c=1, k=0"),
+        ((4, 1, 5), "k must be <= n (cannot pick more samples than were drawn); got n=4, c=1, k=5"),
+    ],
+)
+def test_pass_at_k_invalid_exact_message(args, message):
+    with pytest.raises(ValueError) as info:
+        pass_at_k(*args)
+    assert str(info.value) == message
+
+
+def test_maj_at_k_majority_need_not_come_first():
+    # "4" (twice) beats "5" (once) although "5" comes first
+    assert maj_at_k(["5", "4", "4"], [0, 1, 1], 3) == 1.0
+    assert maj_at_k(["5", "4", "4", "5", "5"], [0, 1, 1, 0, 0], 5) == 0.0  # 3 × "5"
+    assert maj_at_k(["5", "4", "4", "5", "5"], [0, 1, 1, 0, 0], 3) == 1.0  # first 3 only
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((["1"], [1.5], 1), "correct must be in [0, 1]; got 1.5 at index 0"),
+        (([], [], 1), "answers must not be empty"),
+        ((["1"], [1], 0), "k must be in [1, 1]; got 0"),
+        (([["1"]], [1], 1), "answers must be hashable; got list at 0"),
+    ],
+)
+def test_maj_at_k_invalid_exact_message(args, message):
+    with pytest.raises(ValueError) as info:
+        maj_at_k(*args)
+    assert str(info.value) == message
+
+
+def test_avg_at_k_bounds_of_k_and_shape():
+    correct = np.array([[1, 0, 1, 1], [0, 0, 0, 1]], dtype=bool)
+    assert avg_at_k(correct, 1) == pytest.approx(1 / 2)  # first column [1, 0]
+    assert avg_at_k([1.0]) == 1.0  # K = 1 is a valid (E, K)
+    assert avg_at_k([[0.0], [1.0]], 1) == 0.5
+    with pytest.raises(ValueError, match=r"^k must be in \[1, 4\]; got 0$"):
+        avg_at_k(correct, 0)
+    for bad in (np.zeros(0), np.zeros((2, 0)), np.zeros((2, 2, 2))):
+        with pytest.raises(ValueError, match=r"^correct must be \(K,\) or \(E, K\) with K >= 1"):
+            avg_at_k(bad)
+
+
+def test_group_ids_must_be_integers_named_in_the_message():
+    with pytest.raises(ValueError) as info:
+        degenerate_fraction([1.0, 0.0], [0.5, 1.0])
+    assert str(info.value) == "group_id_B must be integers; got [0.5] (float64)"
+    with pytest.raises(ValueError) as info:
+        advantage_variance([0.5, -0.5], [True, False], exclude_degenerate=True)
+    assert str(info.value) == "group_id_B must be integers; got [ True] (bool)"
+
+
+def test_pass_at_k_accepts_integral_floats_of_any_width():
+    # 4.0 and 5.0 are counts; float32 (e.g. from a torch tensor) as well as float64
+    assert pass_at_k(4.0, 1.0, 1.0) == pytest.approx(0.25)
+    assert pass_at_k(5.0, 1, 1) == pytest.approx(0.2)
+    assert pass_at_k(np.float32(5.0), 1, 1) == pytest.approx(0.2)
+    np.testing.assert_allclose(pass_at_k(torch.tensor([4.0, 5.0]), 1, 1), [0.25, 0.2])
+
+
+@pytest.mark.parametrize(
+    ("n", "message"),
+    [
+        ([4.5, 5.5], "n must be integers; got [4.5] (float64)"),  # the first value is shown
+        ("4", "n must be integers; got ['4'] (<U1)"),
+        ([[4], [4, 5]], "n must be array-like; got list"),
+    ],
+)
+def test_pass_at_k_non_integer_counts_message(n, message):
+    with pytest.raises(ValueError) as info:
+        pass_at_k(n, 1, 1)
+    assert str(info.value) == message

@@ -159,3 +159,47 @@ def test_load_state_validates():
         s.load_state_dict({**state, "rng_state": np.zeros(3, np.uint64)})
     with pytest.raises(ValueError, match="mode"):
         s.load_state_dict({**state, "mode": "greedy"})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"eps": -1.0}, "eps must be in [0, inf]; got -1.0"),
+        ({"seed": -1}, "seed must be in [0, inf]; got -1"),
+        ({"mode": "greedy"}, "sampler state mode must be one of priority, uniform; got 'greedy'"),
+        (
+            {"rng_state": np.zeros(4, np.int64)},
+            "sampler state 'rng_state' must be 4 uint64 words; got int64 (4,)",
+        ),
+        ({"rng_state": [[1], [1, 2]]}, "state['rng_state'] must be array-like; got list"),
+        ({"rng_has_uint32": 2}, "rng_has_uint32 must be in [0, 1]; got 2"),
+        ({"rng_has_uint32": -1}, "rng_has_uint32 must be in [0, 1]; got -1"),
+        ({"rng_uinteger": 2**32}, "rng_uinteger must be in [0, 4294967295]; got 4294967296"),
+        ({"rng_uinteger": -1}, "rng_uinteger must be in [0, 4294967295]; got -1"),
+    ],
+)
+def test_load_state_names_each_bad_entry(override, message):
+    s = PrioritySampler(seed=3, eps=0.2)
+    with pytest.raises(ValueError) as info:
+        s.load_state_dict({**PrioritySampler().state_dict(), **override})
+    assert str(info.value) == message
+    assert (s.seed, s.eps) == (3, 0.2)  # nothing half-loaded
+
+
+def test_state_edges_round_trip_exactly():
+    v = np.random.default_rng(0).random(50).astype(np.float32)
+    # seed 0, no buffered uint32, uinteger 0: the smallest valid values load
+    fresh = PrioritySampler(seed=0, eps=0.0)
+    s = PrioritySampler(seed=5)
+    s.load_state_dict(fresh.state_dict())
+    assert (s.seed, s.eps) == (0, 0.0)
+    np.testing.assert_array_equal(s.draw(v, 10), fresh.draw(v, 10))
+    # the largest valid buffered uint32, and state words small enough for int64
+    words = np.array([0, 12345, 0, 6789], dtype=np.uint64)
+    state = {**fresh.state_dict(), "rng_state": words}
+    state.update(rng_has_uint32=1, rng_uinteger=2**32 - 1)
+    s.load_state_dict(state)
+    out = s.state_dict()
+    assert out["rng_state"].dtype == np.uint64
+    np.testing.assert_array_equal(out["rng_state"], words)
+    assert (out["rng_has_uint32"], out["rng_uinteger"]) == (1, 2**32 - 1)

@@ -292,3 +292,124 @@ def test_empty_update_is_a_no_op():
     t = ValueTracker(3)
     t.update(np.array([], dtype=np.int64), np.array([]), 0.9)
     np.testing.assert_array_equal(t.alpha, [0.5, 0.5, 0.5])
+
+
+def test_step_zero_counts_as_seen():
+    t = ValueTracker(3)
+    t.update([1], [1.0], 0.9, step=0)
+    np.testing.assert_array_equal(t.seen(), [False, True, False])
+    np.testing.assert_array_equal(t.seen([1, 2]), [True, False])
+    assert t.seen_fraction() == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    ("init", "first", "second", "message"),
+    [
+        ("counts", [1, 1], [2], "trials must have shape (2,); got (1,)"),
+        ("counts", [1], [2, 2], "successes must have shape (2,); got (1,)"),
+        # the first index where s > n is named, not the first where s >= n
+        (
+            "counts",
+            [3, 4],
+            [3, 3],
+            "successes must be <= trials; got successes=4 > trials=3 at index 1",
+        ),
+        ("values", [0.5], 4.0, "values must have shape (2,); got (1,)"),
+        ("values", 0.5, [4.0], "counts must have shape (2,); got (1,)"),
+        ("values", 0.5, [4.0, -1.0], "counts must be in [0, inf]; got -1.0 at index 1"),
+        # the first count <= 0 is named (0.5 is a valid count)
+        ("values", 0.5, [0.5, 0.0], "counts must be > 0; got 0"),
+    ],
+)
+def test_init_names_the_bad_argument_and_its_index(init, first, second, message):
+    """init_from_counts(ids, successes, trials) / init_from_values(ids, values, counts)."""
+    t = ValueTracker(2)
+    with pytest.raises(ValueError) as info:
+        getattr(t, f"init_from_{init}")([0, 1], first, second)
+    assert str(info.value) == message
+
+
+def test_init_from_counts_broadcasts_scalar_trials():
+    t = ValueTracker(2)
+    t.init_from_counts([0, 1], [0, 8], 8)
+    # (0 + 0.5)/9 and (8 + 0.5)/9, N₀ = 8
+    np.testing.assert_allclose(t.value([0, 1]), [0.5 / 9, 8.5 / 9], rtol=1e-6)
+
+
+def _state(**override) -> dict:
+    """A fresh 3-prompt tracker's state (rho_min 0.875), with some entries replaced."""
+    return {**ValueTracker(3).state_dict(), **override}
+
+
+_F32 = np.float32
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"prior_value": 1.5}, "prior_value must be in [0, 1]; got 1.5"),
+        ({"prior_value": -0.5}, "prior_value must be in [0, 1]; got -0.5"),
+        ({"prior_count": 0.0}, "prior_count must be in (0, inf]; got 0.0"),
+        ({"num_updates": -1}, "num_updates must be in [0, inf]; got -1"),
+        ({"rho_max": 0.5}, "rho_max must be >= rho_min=0.875; got 0.5"),
+        (
+            {"alpha": np.array([0.5, np.inf, 0.5], _F32)},
+            "tracker state alpha/beta contain NaN or inf",
+        ),
+        (
+            {"beta": np.array([0.5, np.nan, 0.5], _F32)},
+            "tracker state alpha/beta contain NaN or inf",
+        ),
+        # negative alpha with a positive alpha+beta; negative beta; alpha = beta = 0
+        (
+            {"alpha": np.array([0.5, -0.25, 0.5], _F32)},
+            "tracker state needs alpha >= 0, beta >= 0, alpha+beta > 0",
+        ),
+        (
+            {"beta": np.array([0.5, -0.25, 0.5], _F32)},
+            "tracker state needs alpha >= 0, beta >= 0, alpha+beta > 0",
+        ),
+        (
+            {"alpha": np.array([0.5, 0.0, 0.5], _F32), "beta": np.array([0.5, 0.0, 0.5], _F32)},
+            "tracker state needs alpha >= 0, beta >= 0, alpha+beta > 0",
+        ),
+        (
+            {"alpha": np.full((3, 1), 0.5, _F32)},
+            "tracker state 'alpha' has shape (3, 1) but this tracker has 3 prompts; build "
+            "ValueTracker(num_prompts) with the checkpoint's count, load, then grow()",
+        ),
+    ],
+)
+def test_load_state_rejects_each_bad_entry_by_name(override, message):
+    t = ValueTracker(3)
+    with pytest.raises(ValueError) as info:
+        t.load_state_dict(_state(**override))
+    assert str(info.value) == message
+    assert t.state_dict()["num_updates"] == 0 and t.prior_value == 0.5  # nothing half-loaded
+
+
+def test_load_state_accepts_the_edges_and_owns_its_arrays():
+    # alpha = 0 or beta = 0 is a certain prompt (v̂ = 0 or 1), prior_count < 1, no update yet
+    alpha = np.array([0.0, 2.0, 0.5], dtype=np.float64)  # float64 in: stored as float32
+    beta = np.array([3.0, 0.0, 0.5], dtype=_F32)
+    last = np.array([-1, 4, 0], dtype=np.int64)
+    state = _state(alpha=alpha, beta=beta, last_step=last, prior_value=1.0, prior_count=0.5)
+    t = ValueTracker(3)
+    t.load_state_dict(state)
+    np.testing.assert_array_equal(t.value([0, 1, 2]), [0.0, 1.0, 0.5])
+    assert (t.alpha.dtype, t.beta.dtype, t.last_step().dtype) == (_F32, _F32, np.int32)
+    assert (t.prior_value, t.prior_count, t.num_updates) == (1.0, 0.5, 0)
+    np.testing.assert_array_equal(t.seen(), [False, True, True])
+    beta[2] = 7.0  # the caller's arrays are not the tracker's
+    last[0] = 9
+    assert t.beta[2] == 0.5 and t.last_step([0])[0] == -1
+
+
+def test_init_repeated_ids_message_and_ragged_state():
+    t = ValueTracker(2)
+    with pytest.raises(ValueError) as info:
+        t.init_from_values([1, 1], 0.5, 2.0)
+    assert str(info.value) == "ids must be distinct for initialisation; got repeated ids"
+    with pytest.raises(ValueError) as info:
+        t.load_state_dict(_state(alpha=[[0.5], [0.5, 0.5]]))
+    assert str(info.value) == "state['alpha'] must be array-like; got list"
