@@ -65,7 +65,7 @@ bench: $(STAMP)
 	$(PY) bench/trl_compare.py
 
 # Mutation check (bench/mutation.py): named mutants of the trainer's wiring + mutmut over
-# spo/algo; writes bench/results/mutation.json and mutmut.json. ~40 min on 2 cores.
+# spo/algo; writes bench/results/mutation.json and mutmut.json. Hours on 2 cores.
 mutation: $(STAMP)
 	$(PY) bench/mutation.py --mutmut
 

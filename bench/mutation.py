@@ -10,10 +10,12 @@ Two parts, one result file (bench/results/mutation.{json,md}):
    `--tests-rev REV` takes tests/ from another git revision (e.g. the commit before the
    wiring tests) to measure the kill rate "before".
 2. **mutmut** (`--mutmut`), configured in pyproject.toml's [tool.mutmut] for spo/algo and
-   spo/train/trainer.py; `--mutmut-names` picks which (default `spo.algo*`: the trainer's
-   ~800 mutants each need seconds of trainer tests, hours in all on 2 cores — the named
-   mutants above are its fast, targeted stand-in). Counts and survivors go to
-   bench/results/mutmut.json; each survivor's disposition is in bench/results/mutation.md.
+   spo/train/trainer.py; `--mutmut-names` picks which (default `spo.algo*`). Survivors run
+   every covering test, trainer tests included (tens of seconds each): the full algo run
+   takes hours on 2 cores, and the trainer's ~800 mutants more (the named mutants above
+   are their targeted stand-in). To re-check known survivors only, pass their names.
+   Counts and survivors go to bench/results/mutmut.json; each survivor's disposition is in
+   bench/results/mutmut.md.
 
 A mutation whose `old` text is not found exactly once is an error, not a silent pass:
 after the code moves, this table must move with it.
@@ -327,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         "--mutmut-names",
         nargs="*",
         default=["spo.algo*"],
-        help="mutant name globs for mutmut (default spo.algo*: ~2,200 mutants, ~15 min; add "
-        "'spo.train*' for the trainer: ~800 mutants x ~40 s of trainer tests, hours)",
+        help="mutant name globs for mutmut (default spo.algo*: ~2,200 mutants, hours on 2 "
+        "cores; add 'spo.train*' for the trainer's ~800, or pass survivor names to re-check)",
     )
     p.add_argument("--no-hand", action="store_true", help="skip the named wiring mutants")
     p.add_argument("--max-children", type=int, default=2)
