@@ -250,15 +250,14 @@ def run_hand_mutants(tests_rev: str | None, only: list[str] | None, timeout: flo
             originals = {}
             for file, old, new in m.edits:
                 path = tree / file
-                text = originals.setdefault(file, path.read_text())
                 current = path.read_text()
+                originals.setdefault(file, current)  # the unmutated text, restored below
                 if current.count(old) != 1:
                     raise SystemExit(
                         f"mutation {m.name}: {old!r} occurs {current.count(old)} times in "
                         f"{file}; update bench/mutation.py after moving code"
                     )
                 path.write_text(current.replace(old, new))
-                del text
             rc, secs, tail = _run_tests(tree, TESTS, timeout)
             for file, text in originals.items():
                 (tree / file).write_text(text)

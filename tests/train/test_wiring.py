@@ -172,14 +172,21 @@ def expected_groups(spy: StepSpy, trainer: Trainer) -> torch.Tensor:
     return torch.from_numpy(np.repeat(np.arange(n_prompts), group))
 
 
-def run_one_step(trainer: Trainer, monkeypatch) -> tuple[StepSpy, np.ndarray]:
+def run_steps(trainer: Trainer, monkeypatch, steps: int = 1) -> StepSpy:
+    """`steps` training steps under a StepSpy; the trainer is closed afterwards."""
     spy = StepSpy(trainer, monkeypatch)
-    v_before = randomise_tracker(trainer)
     try:
-        trainer.train_step()
+        for _ in range(steps):
+            trainer.train_step()
     finally:
         trainer.close()
-    return spy, v_before
+    return spy
+
+
+def run_one_step(trainer: Trainer, monkeypatch) -> tuple[StepSpy, np.ndarray]:
+    """One spied step from a randomised tracker; returns the spy and v̂ before the step."""
+    v_before = randomise_tracker(trainer)
+    return run_steps(trainer, monkeypatch), v_before
 
 
 # ----------------------------------------------------------------------------- tests
@@ -271,12 +278,7 @@ def test_rho_really_comes_from_the_estimator(tiny_model_dir, task_files, tmp_pat
         samples_per_step=16,
         **{"tracker.rho": "drift", "tracker.d_half": 1e-6},
     )
-    spy = StepSpy(trainer, monkeypatch)
-    try:
-        for _ in range(3):
-            trainer.train_step()
-    finally:
-        trainer.close()
+    spy = run_steps(trainer, monkeypatch, steps=3)
     rhos = np.concatenate([c["rho"] for c in spy.tracker_updates])
     returned = np.concatenate(
         [
@@ -384,11 +386,7 @@ def test_offline_values_are_what_the_first_step_reads(
         steps=1,
         **{"tracker.init": "offline", "tracker.offline_path": str(path)},
     )
-    spy = StepSpy(trainer, monkeypatch)
-    try:
-        trainer.train_step()
-    finally:
-        trainer.close()
+    spy = run_steps(trainer, monkeypatch)
     v0 = (successes + 0.5) / (trials + 1.0)  # spec §3, smoothed
     ids_B = spy.prompt_index()
     reward = torch.from_numpy(spy.reward_calls[0][2].astype(np.float32))
