@@ -212,7 +212,8 @@ def report(data: dict) -> str:
         "(temperature 1.0), same eval seed for both arms of a seed.",
         f"- Machine: {data['machine']}. The CPU was shared with other jobs while this ran "
         "(load averages are in the JSON), so wall-clock is noisy; read it as the ratio of the "
-        "two arms, which ran one after the other per seed.",
+        "two arms of a seed, which ran side by side, each process pinned to its own core with "
+        "one thread (bench/trl_spo_vs_grpo.sh).",
         "",
         "Values: mean ± std [min–max] over seeds; one number = one seed.",
         "",
@@ -268,6 +269,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--cpu",
+        default=None,
+        help="pin this process to these CPUs (comma-separated), e.g. to run the two arms of a "
+        "seed side by side on one core each",
+    )
     p.add_argument("--eval-prompts", type=int, default=SETTINGS["eval_prompts"])
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report", action="store_true", help="only rewrite the markdown from --out")
@@ -283,11 +290,15 @@ def main(argv=None) -> int:
     import torch
     import trl
 
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {int(c) for c in args.cpu.split(",")})
     torch.set_num_threads(args.threads)
     SETTINGS["eval_prompts"] = args.eval_prompts
     data = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
     data.update(
-        command="python bench/trl_spo_vs_grpo.py "
+        command="bash bench/trl_spo_vs_grpo.sh"
+        if args.merge
+        else "python bench/trl_spo_vs_grpo.py "
         f"--seeds {args.seeds} --steps {args.steps} --threads {args.threads} "
         f"--eval-prompts {args.eval_prompts}",
         trl=trl.__version__,
@@ -295,8 +306,13 @@ def main(argv=None) -> int:
         f"{args.threads} threads",
         settings=SETTINGS,
     )
-    for extra in args.merge:
-        data["runs"] += json.loads(extra.read_text())["runs"]
+    for extra in args.merge:  # a run already present (same arm, seed, steps) is not added twice
+        have = {(r["arm"], r["seed"], r["steps"]) for r in data["runs"]}
+        data["runs"] += [
+            r
+            for r in json.loads(extra.read_text())["runs"]
+            if (r["arm"], r["seed"], r["steps"]) not in have
+        ]
     for r in data["runs"]:  # runs started with --skip-before take their seed's measurement
         if not r["before"]:
             same_seed = [
