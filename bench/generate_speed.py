@@ -49,9 +49,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from spo.logprobs import completion_logp
-from spo.models import DEFAULT_MODEL, encode_prompts, load_policy
-from spo.rollout.batch import pack
+from spo.policy.logprobs import completion_logp
+from spo.policy.models import DEFAULT_MODEL, encode_prompts, load_policy
+from spo.policy.batch import pack
 from spo.rollout.hf import HFEngine
 
 

@@ -35,8 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spo.logprobs import completion_logp  # noqa: E402
-from spo.rollout.batch import pack  # noqa: E402
+from spo.policy.batch import pack  # noqa: E402
+from spo.policy.logprobs import completion_logp  # noqa: E402
 from spo.rollout.hf import HFEngine  # noqa: E402
 from spo.train.optim import MasterWeightAdamW  # noqa: E402
 
@@ -138,7 +138,7 @@ def bench_vllm(model, prompts, args) -> dict:
         return {"skipped": "vllm is not installed"}
     if not args.device.startswith("cuda"):
         return {"skipped": "vllm needs CUDA"}
-    from spo.rollout.vllm_engine import _load_weights
+    from spo.rollout.vllm_engine import load_weights_rpc
 
     os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,7 +167,7 @@ def bench_vllm(model, prompts, args) -> dict:
         tokens = sum(len(o.outputs[0].token_ids) for o in outs)
         weights = [(k, v.detach()) for k, v in model.state_dict().items()]
         sync_times, _ = timed(
-            lambda: llm.collective_rpc(_load_weights, args=(weights,)), args.device, args.repeats
+            lambda: llm.collective_rpc(load_weights_rpc, args=(weights,)), args.device, args.repeats
         )
     return {
         "version": vllm.__version__,

@@ -41,11 +41,11 @@ def _rollouts(args):
     import numpy as np
 
     from spo.algo import ADVANTAGES
-    from spo.models import DEFAULT_MODEL, encode_prompts, load_policy
-    from spo.rewards import RewardPool
-    from spo.rollout.batch import pack
+    from spo.policy.batch import pack
+    from spo.policy.models import DEFAULT_MODEL, encode_prompts, load_policy
     from spo.rollout.hf import HFEngine
     from spo.tasks import load_task
+    from spo.tasks.rewards import RewardPool
 
     model, tok = load_policy(DEFAULT_MODEL, dtype="bfloat16")
     task = load_task("arithmetic", train_size=256, test_size=8, seed=args.seed)
@@ -65,8 +65,8 @@ def _rollouts(args):
 
 def _arm(name: str, batch, adv_B, args) -> dict:
     from spo.algo import ppo_clip_loss
-    from spo.logprobs import completion_logp
-    from spo.models import DEFAULT_MODEL, load_policy
+    from spo.policy.logprobs import completion_logp
+    from spo.policy.models import DEFAULT_MODEL, load_policy
     from spo.train.optim import MasterWeightAdamW
 
     dtype = "float32" if name == "fp32" else "bfloat16"

@@ -41,7 +41,6 @@ Run from the repository root (TRL is not a dependency of spo-rl; see bench/READM
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import importlib.util
 import json
@@ -133,10 +132,10 @@ def _wrap_backward(rec: Recorder) -> None:
 
 def _task_examples():
     from spo.tasks import load_task
-    from spo.train.config import load_config
+    from spo.train.config import load_config, task_kwargs
 
     cfg = load_config(None, [])
-    kwargs = {k: v for k, v in dataclasses.asdict(cfg.task).items() if k != "system_prompt"}
+    kwargs = task_kwargs(cfg)
     return load_task(**kwargs)
 
 
@@ -249,7 +248,7 @@ def _child_trl(n_steps: int, run_dir: str, autocast: bool) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from spo.models import convert_embedded, encode_prompts
+    from spo.policy.models import convert_embedded, encode_prompts
 
     s = SETTINGS
     task = _task_examples()
@@ -560,7 +559,7 @@ def _matmul_roofline(size: int = 2048, reps: int = 10) -> dict:
 def _param_counts() -> dict:
     import json as _json
 
-    from spo.models import convert_embedded
+    from spo.policy.models import convert_embedded
 
     cfg = _json.loads((Path(convert_embedded()) / "config.json").read_text())
     d, v, layers = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]

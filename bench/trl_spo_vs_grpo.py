@@ -24,7 +24,6 @@ after the NOTES marker in the markdown are kept).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -54,17 +53,15 @@ NOTES = "<!-- notes: text below this line is kept when the table is regenerated 
 
 def _task():
     from spo.tasks import load_task
-    from spo.train.config import load_config
+    from spo.train.config import load_config, task_kwargs
 
     cfg = load_config(None, [])
-    return load_task(
-        **{k: v for k, v in dataclasses.asdict(cfg.task).items() if k != "system_prompt"}
-    )
+    return load_task(**task_kwargs(cfg))
 
 
 def _evaluate(model, tokenizer, task, seed: int) -> dict:
     from spo.eval import evaluate_examples
-    from spo.rewards import RewardPool
+    from spo.tasks.rewards import RewardPool
 
     with RewardPool(task.verifier, workers=0) as pool:  # in-process: the verifier is cheap
         m = evaluate_examples(
@@ -90,7 +87,7 @@ def run_arm(arm: str, seed: int, steps: int, before: dict | None = None) -> dict
     from trl import GRPOConfig, GRPOTrainer
 
     from spo.integrations.trl import SPOConfig, SPOTrainer
-    from spo.models import convert_embedded
+    from spo.policy.models import convert_embedded
 
     task = _task()
     examples = task.train

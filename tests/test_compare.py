@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from spo.cli import main
-from spo.compare_summary import aggregate, align_curves
+from spo.study.summary import aggregate, align_curves
 
 
 # ----------------------------------------------------------------------- aggregation
@@ -198,7 +198,9 @@ def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
     a run with an earlier checkpoint is resumed, a finished one is not touched."""
     import argparse
 
-    import spo.compare as compare
+    import spo.commands.compare as compare_command
+    import spo.study.compare as compare
+    import spo.study.runs as runs
     from spo.train.checkpoint import MARKER
 
     def fake_checkpoint(run_dir: Path, step: int) -> None:
@@ -219,7 +221,7 @@ def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(compare, "_call", fake_call)
     parser = argparse.ArgumentParser()
-    compare.add_arguments(parser)
+    compare_command.add_arguments(parser)
     argv = ["configs/demo.yaml", "steps=2", "--seeds", "2", "--jobs", "2", "--calibration", "0"]
     args = parser.parse_args([*argv, "--out", str(tmp_path / "study")])
     plan = compare.make_plan(args)
@@ -231,7 +233,7 @@ def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     for spec in (spo0, spo1):
-        cfg = compare._resolved(plan.config, plan.train_args(spec))
+        cfg = runs.resolved_config(plan.config, plan.train_args(spec))
         OmegaConf.save(
             OmegaConf.from_dotlist([f"{k}={v}" for k, v in cfg.items() if v is not None]),
             spec.run_dir / "config.yaml",

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from spo.algo import ValueTracker
-from spo.diagnostics import (
+from spo.train.checkpoint import write_state
+from spo.train.diagnostics import (
     calibration,
     checkpoint_diagnostics,
     frontier_share,
@@ -20,7 +21,6 @@ from spo.diagnostics import (
     tracker_summary,
     write_diagnostics,
 )
-from spo.train.checkpoint import write_state
 
 # ------------------------------------------------------------------ calibration
 

@@ -14,8 +14,8 @@ import pytest
 from spo.algo import ValueTracker
 from spo.cli import main
 from spo.eval import budgets, evaluate_examples, generate_samples, summarize
-from spo.rewards import RewardPool
 from spo.tasks import load_task
+from spo.tasks.rewards import RewardPool
 from spo.train.checkpoint import write_state
 from spo.train.config import load_config, to_yaml
 
@@ -149,7 +149,7 @@ def overrides(task_files: dict) -> list[str]:
 
 
 def test_evaluate_examples_matches_brute_force_on_its_samples(tiny_model_dir, task_files):
-    from spo.models import load_policy
+    from spo.policy.models import load_policy
     from spo.tasks.verifiers import load_user_function
 
     cfg = load_config(None, overrides(task_files))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spo.logprobs import _TokenLogp, completion_logp
-from spo.models import load_policy
-from spo.rollout.batch import pack
+from spo.policy.batch import pack
+from spo.policy.logprobs import _TokenLogp, completion_logp
+from spo.policy.models import load_policy
 
 # Distinct prompt and completion lengths, including an empty completion.
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [19, 20, 21]]
@@ -142,7 +142,7 @@ SHARED_PROMPTS = [[*SHARED, 20, 21], [*SHARED, 22], [*SHARED, 23, 24, 25], [*SHA
 
 
 def test_shared_prefix_len():
-    from spo.logprobs import shared_prefix_len
+    from spo.policy.logprobs import shared_prefix_len
 
     assert shared_prefix_len(pack(SHARED_PROMPTS, COMPLETIONS, pad_id=0)) == 5
     # capped: every row keeps the position that predicts its first completion token

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from spo.models import ModelError, encode_prompts, load_policy, resolve_device
+from spo.policy.models import ModelError, encode_prompts, load_policy, resolve_device
 
 
 def test_load_policy_tiny(tiny_model_dir):

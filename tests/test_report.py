@@ -12,7 +12,9 @@ import pytest
 
 from spo.algo import ValueTracker
 from spo.cli import main
-from spo.report import build_report, load_run, smooth
+from spo.study.plots import smooth
+from spo.study.report import build_report
+from spo.study.runs import load_run
 from spo.train.checkpoint import write_state
 
 

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from spo.rewards import RewardError, RewardPool, RewardResult, check_reward, verifier_name
 from spo.tasks import Example, load_task
+from spo.tasks.rewards import RewardError, RewardPool, RewardResult, check_reward, verifier_name
 
 
 def scripted(completion: str, example: Example) -> object:

@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spo import sim
+from spo.commands import simulate as simulate_command
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="spo simulate")
-    sim.add_arguments(parser)
+    simulate_command.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -44,7 +45,7 @@ def test_paper_assumed_sample_times_match_everything_stated():
 
 
 def test_paper_cli_prints_both_times_and_speedup(capsys):
-    assert sim.run(parse(["--paper"])) == 0
+    assert simulate_command.run(parse(["--paper"])) == 0
     out = capsys.readouterr().out
     assert "130, 133, 486, 495, 519, 553 s" in out
     assert "batch ready at 486 s" in out
@@ -55,7 +56,10 @@ def test_paper_cli_prints_both_times_and_speedup(capsys):
 
 def test_paper_json_and_plot(tmp_path, capsys):
     out_json, out_png = tmp_path / "paper.json", tmp_path / "paper.png"
-    assert sim.run(parse(["--paper", "--json", str(out_json), "--plot", str(out_png)])) == 0
+    assert (
+        simulate_command.run(parse(["--paper", "--json", str(out_json), "--plot", str(out_png)]))
+        == 0
+    )
     paper = json.loads(out_json.read_text())["paper"]
     assert (paper["group_based_time"], paper["group_free_time"]) == (486.0, 112.0)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -259,7 +263,7 @@ def test_bad_latency_raises(kwargs, message):
 
 
 def test_run_prints_one_error_line_and_returns_2(capsys):
-    assert sim.run(parse(["--batch", "20"])) == 2
+    assert simulate_command.run(parse(["--batch", "20"])) == 2
     err = capsys.readouterr().err
     assert err.startswith("spo: error: batch (20) must be a multiple of group_size (8)")
     assert err.count("\n") == 1
@@ -276,7 +280,7 @@ def test_bad_sweep_is_an_argparse_error(capsys):
 
 
 def test_run_prints_both_times_and_the_speedup(capsys):
-    assert sim.run(parse(["--trials", "2000", "--seed", "3"])) == 0
+    assert simulate_command.run(parse(["--trials", "2000", "--seed", "3"])) == 0
     out = capsys.readouterr().out
     result = sim.simulate(sim.SimConfig(trials=2000, seed=3))
     for s in result.policies.values():
@@ -299,7 +303,7 @@ def test_run_writes_json_and_plot(tmp_path, capsys):
         "--plot",
         str(out_png),
     ]
-    assert sim.run(parse(argv)) == 0
+    assert simulate_command.run(parse(argv)) == 0
     payload = json.loads(out_json.read_text())
     assert payload["config"]["launched"] == 48
     assert set(payload["policies"]) == {"group-based", "group-free"}
@@ -315,11 +319,11 @@ def test_unwritable_output_is_one_error_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     argv = ["--trials", "10", "--json", str(blocker / "r.json")]
-    assert sim.run(parse(argv)) == 2
+    assert simulate_command.run(parse(argv)) == 2
     err = capsys.readouterr().err
     assert err.startswith("spo: error: cannot write") and err.count("\n") == 1
 
 
 def test_oversample_accepts_a_fraction():
     args = parse(["--oversample", "4/3"])
-    assert sim.config_from_args(args).launched == 32
+    assert simulate_command.config_from_args(args).launched == 32

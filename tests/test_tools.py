@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from spo.sandbox import SandboxResult, available_isolation
 from spo.tools import ToolRunner, Transcript, extract_code, format_tool_output
+from spo.tools.sandbox import SandboxResult, available_isolation
 
 # Loop tests run real code: isolated where this machine can, unisolated (harmless, fixed
 # snippets) where it cannot, so they pass on any machine.

@@ -290,7 +290,7 @@ class SPOState:
         pseudo-counts with spec §3's smoothing, so the file carries estimates, not state
         (use `state_dict` for an exact copy).
         """
-        from spo.train.values import write_values  # the one writer of the format
+        from spo.algo.values import write_values  # the one writer of the format
 
         a = self.tracker.alpha.astype(np.float64)
         return write_values(path, [str(k) for k in self.keys], a, a + self.tracker.beta, prompts)
@@ -300,7 +300,7 @@ class SPOState:
 
         Returns the number of keys initialised; keys absent from the file keep their state.
         """
-        from spo.train.values import load_values
+        from spo.algo.values import load_values
 
         idx, successes, trials = load_values(path, [str(k) for k in self.keys])
         self.tracker.init_from_counts(idx, successes, trials)

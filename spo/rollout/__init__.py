@@ -10,11 +10,24 @@ actors holding copies of the policy (`spo.rollout.ray_engine.RayEngine`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from torch import Tensor, nn
 
-from spo.rollout.batch import PackedBatch, Rollouts, pack
+
+@dataclass
+class Rollouts:
+    """Completions for a list of prompts, in the prompts' order."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]  # generated ids, eos included when generated, no padding
+    logp: list[Tensor]  # behaviour log-prob of each completion token, float32, (T_i,)
+    finished: list[bool]  # ended with eos (False: stopped at max_new_tokens)
+    texts: list[str]  # decoded completions, special tokens skipped
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
 
 
 class EngineError(ValueError):
@@ -28,8 +41,8 @@ class RolloutEngine(Protocol):
 
     def sync_weights(self, policy: nn.Module | Mapping[str, Tensor]) -> None:
         """Make the engine sample from `policy` (the trainer's model, or its
-        `spo.rollout.weights.policy_weights`); called after every optimizer update."""
+        `spo.policy.weights.policy_weights`); called after every optimizer update."""
         ...
 
 
-__all__ = ["EngineError", "PackedBatch", "RolloutEngine", "Rollouts", "pack"]
+__all__ = ["EngineError", "RolloutEngine", "Rollouts"]

@@ -8,7 +8,7 @@ once, then decoded a token at a time until every row has produced eos or
 the global RNG (the trainer reseeds per step and resumes losslessly).
 
 Behaviour log-probs are log softmax(logits / temperature) of the sampled token, in fp32
-from the bf16 head output: the same numbers `spo.logprobs.completion_logp` computes on the
+from the bf16 head output: the same numbers `spo.policy.logprobs.completion_logp` computes on the
 finished sequence, up to bf16 noise. With top_p < 1 the token is drawn from the nucleus,
 but the log-prob reported is still that of the full tempered distribution (the one the
 trainer differentiates); with temperature 0 (greedy) it is the temperature-1 log-prob.
@@ -21,7 +21,7 @@ import inspect
 import torch
 from torch import Tensor
 
-from spo.rollout.batch import Rollouts
+from spo.rollout import Rollouts
 from spo.rollout.llama import LlamaDecoder, unsupported_reason
 
 
@@ -67,7 +67,7 @@ class HFEngine:
         """No-op for the trainer's own model (shared); else load its `policy_weights`."""
         if policy is self.model:
             return
-        from spo.rollout.weights import load_policy_weights, policy_weights
+        from spo.policy.weights import load_policy_weights, policy_weights
 
         weights = policy_weights(policy) if isinstance(policy, torch.nn.Module) else policy
         with torch.no_grad():

@@ -14,7 +14,7 @@ scheduler's staleness).
 No re-tokenisation: a model turn's ids are appended as the engine returned them; the next
 turn is decoded from `prompt_ids + completion_ids`, and the tool message is appended as
 ids built once from the chat template (`ToolMessages`). So the training forward pass sees
-exactly the sequence the rollout engine saw, and `spo.logprobs.completion_logp` on
+exactly the sequence the rollout engine saw, and `spo.policy.logprobs.completion_logp` on
 `pack(..., loss_mask=sample.loss_mask)` scores exactly the generated ids.
 
 A turn ends at eos or `max_new_tokens`; the engine does not stop at the end of a code
@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from spo.rollout.batch import Rollouts
+from spo.rollout import Rollouts
 from spo.tools import ToolRunner, extract_code, format_tool_output
 
 

@@ -21,8 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spo.rollout import EngineError
-from spo.rollout.batch import Rollouts
+from spo.rollout import EngineError, Rollouts
 from spo.rollout.shard import concat_rollouts, shard_bounds, shard_seed
 
 
@@ -63,15 +62,15 @@ class RolloutWorker:
     """Body of one Ray actor: a policy copy and a local engine (see the module docstring)."""
 
     def __init__(self, cfg: Any, model_path: str, lora_dir: str | None):
-        from spo.models import load_policy
-        from spo.rollout.factory import make_local_engine
+        from spo.policy.models import load_policy
+        from spo.rollout.local import make_local_engine
 
         torch.set_num_threads(cfg.threads or max(1, int(cfg.cluster.cpus_per_worker)))
         model, tokenizer = (None, None)
         if cfg.rollout.engine == "hf":
             model, tokenizer = load_policy(model_path, dtype=cfg.model.dtype)
             if cfg.model.lora.r:
-                from spo.lora import apply_lora
+                from spo.policy.lora import apply_lora
 
                 model = apply_lora(model, cfg.model.lora, seed=cfg.seed)
             if torch.cuda.is_available() and cfg.cluster.gpus_per_worker > 0:
@@ -79,7 +78,7 @@ class RolloutWorker:
         else:
             from transformers import AutoTokenizer
 
-            from spo.models import resolve_model_path
+            from spo.policy.models import resolve_model_path
 
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_path))
         self.engine = make_local_engine(
@@ -116,7 +115,7 @@ class RayEngine:
         return concat_rollouts(self.ray.get(futures))
 
     def sync_weights(self, policy: nn.Module | Mapping[str, Tensor]) -> None:
-        from spo.rollout.weights import policy_weights
+        from spo.policy.weights import policy_weights
 
         weights = policy_weights(policy) if isinstance(policy, nn.Module) else dict(policy)
         ref = self.ray.put(weights)  # once; every actor reads the same object

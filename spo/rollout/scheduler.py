@@ -48,9 +48,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spo.rewards import RewardResult
-from spo.rollout.batch import Rollouts
+from spo.rollout import Rollouts
 from spo.rollout.multiturn import Sample, ToolEnv, ToolMessages, apply_tool, apply_turns
+from spo.tasks.rewards import RewardResult
 
 MODES = ("sync", "async")
 STALENESS = ("drop", "reweight")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 from torch import Tensor, nn
 
-from spo.rollout.batch import Rollouts
+from spo.rollout import Rollouts
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:

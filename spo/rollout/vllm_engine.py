@@ -34,8 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from spo.rollout import EngineError
-from spo.rollout.batch import Rollouts
+from spo.rollout import EngineError, Rollouts
 
 _MISSING = (
     "rollout.engine=vllm needs the vllm package: pip install 'spo-rl[vllm]' "
@@ -61,7 +60,7 @@ def prompt_seeds(seed: int, n: int) -> list[int]:
     return [int(w) & 0x7FFFFFFF for w in words[:n]]
 
 
-def _load_weights(worker, weights: list[tuple[str, Tensor]]) -> None:
+def load_weights_rpc(worker, weights: list[tuple[str, Tensor]]) -> None:
     """Runs inside each vLLM worker (collective_rpc): load HF-named tensors in place."""
     runner = worker.model_runner
     model = runner.get_model() if hasattr(runner, "get_model") else runner.model
@@ -98,7 +97,7 @@ class VLLMEngine:
         self.lora_version = 0
         self.lora_request = None
         self._sampling_params = vllm.SamplingParams
-        # collective_rpc pickles `_load_weights` to the worker processes
+        # collective_rpc pickles `load_weights_rpc` to the worker processes
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         kwargs = {
             "model": str(model_path),
@@ -155,13 +154,13 @@ class VLLMEngine:
         )
 
     def sync_weights(self, policy: nn.Module | Mapping[str, Tensor]) -> None:
-        from spo.rollout.weights import policy_weights
+        from spo.policy.weights import policy_weights
 
         weights = policy_weights(policy) if isinstance(policy, nn.Module) else dict(policy)
         if self.lora:
             self._sync_adapter(weights)
             return
-        self.llm.collective_rpc(_load_weights, args=(list(weights.items()),))
+        self.llm.collective_rpc(load_weights_rpc, args=(list(weights.items()),))
         self.llm.reset_prefix_cache()
 
     def _sync_adapter(self, weights: dict[str, Tensor]) -> None:

@@ -1,7 +1,7 @@
 """Tasks: prompt sources with their verifiers.
 
 A task is a list of training prompts, a disjoint list of held-out prompts, and a verifier
-`verifier(completion, example) -> reward in [0, 1]` that the reward pool (`spo.rewards`)
+`verifier(completion, example) -> reward in [0, 1]` that the reward pool (`spo.tasks.rewards`)
 runs in worker processes — so every verifier is picklable: a module-level function or a
 `functools.partial` of one, never a closure or a lambda.
 

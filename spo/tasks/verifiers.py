@@ -1,7 +1,7 @@
 """Verifiers for dataset tasks: math-verify equivalence, exact match, user functions.
 
 Each verifier is `verifier(completion, example) -> float | bool` and picklable (a
-module-level function, or a `functools.partial` of one) because `spo.rewards.RewardPool`
+module-level function, or a `functools.partial` of one) because `spo.tasks.rewards.RewardPool`
 runs it in worker processes. A user function given as "pkg.module:function" or
 "/path/file.py:function" is therefore not pickled itself: the worker re-imports it from the
 spec string on first use and caches it.

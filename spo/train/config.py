@@ -488,3 +488,9 @@ def help_text() -> str:
         extra = f" {{{'|'.join(choices)}}}" if choices else ""
         lines.append(f"  {key}={value!s}{extra}\n      {f.metadata['help']} [{typ}]")
     return "\n".join(lines)
+
+
+def task_kwargs(cfg: TrainConfig) -> dict:
+    """TaskConfig fields that `spo.tasks.load_task` takes; `system_prompt` is not one of
+    them: it feeds the chat template (`Task.chat_system_prompt`)."""
+    return {k: v for k, v in dataclasses.asdict(cfg.task).items() if k != "system_prompt"}

@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from spo.logprobs import completion_logp
-from spo.rollout.batch import PackedBatch
-from spo.rollout.weights import is_peft, load_policy_weights, policy_weights
+from spo.policy.batch import PackedBatch
+from spo.policy.logprobs import completion_logp
+from spo.policy.weights import is_peft, load_policy_weights, policy_weights
 from spo.train.optim import MasterWeightAdamW, optimizer_from_config
 from spo.train.update import Comm, ppo_update, rows_logp
 
@@ -164,7 +164,7 @@ class TrainerRank:
         return f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
     def setup(self, init_method: str, model_source: str) -> None:
-        from spo.models import load_policy
+        from spo.policy.models import load_policy
 
         cfg, cuda = self.cfg, self.device.type == "cuda"
         if cuda and not torch.cuda.is_available():
@@ -187,7 +187,7 @@ class TrainerRank:
             attn_implementation="sdpa" if cuda else None,
         )
         if cfg.model.lora.r and not is_peft(policy):
-            from spo.lora import apply_lora
+            from spo.policy.lora import apply_lora
 
             policy = apply_lora(policy, cfg.model.lora, seed=cfg.seed)
         temperature = cfg.rollout.temperature or 1.0
@@ -261,7 +261,7 @@ class TrainerRank:
 
 def _check_resources(ray, c: Any) -> None:
     """Fail now, not hang: Ray waits forever for actors the cluster cannot place."""
-    from spo.train.trainer import TrainError
+    from spo.train import TrainError
 
     have = ray.cluster_resources()
     for name, per_rank, per_worker in (
@@ -298,7 +298,7 @@ class TrainerGroup:
         self._call("setup", init_method, model_source)
 
     def _get(self, refs):
-        from spo.train.trainer import TrainError
+        from spo.train import TrainError
 
         try:
             return self.ray.get(refs)

@@ -25,11 +25,9 @@ checkpointed too. The rest of the step is the same.
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,53 +42,31 @@ from spo.algo import (
     replay_divergence,
     small_advantage_fraction,
 )
-from spo.diagnostics import write_diagnostics
-from spo.models import load_policy
-from spo.rewards import RewardPool
-from spo.rollout.batch import pack, pad_logp
+from spo.algo.algorithms import ALGORITHMS
+from spo.algo.values import load_values
+from spo.policy.batch import pack, pad_logp
+from spo.policy.models import load_policy
+from spo.policy.weights import is_peft
 from spo.rollout.factory import make_engine
 from spo.rollout.multiturn import PythonTool, ToolMessages
 from spo.rollout.scheduler import RolloutScheduler
-from spo.rollout.weights import is_peft
-from spo.sandbox import SandboxError
 from spo.tasks import load_task
+from spo.tasks.rewards import RewardPool
+from spo.tools.sandbox import SandboxError
+from spo.train import TrainError
 from spo.train import checkpoint as ckpt
-from spo.train.config import TrainConfig, to_dict, to_yaml
+from spo.train.config import TrainConfig, task_kwargs, to_dict, to_yaml
+from spo.train.diagnostics import write_diagnostics
 from spo.train.heap import TRIM_EVERY, trim_heap
 from spo.train.logging import RunLogger, reset_logs, sample_positions, sample_row
 from spo.train.optim import optimizer_from_config
 from spo.train.replay import ReplayStore
 from spo.train.update import LocalUpdate
-from spo.train.values import load_values
-
-
-class TrainError(ValueError):
-    """A run that cannot start or continue; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    advantage: str  # key of spo.algo.ADVANTAGES
-    grouped: bool  # G responses per prompt, advantage over the group
-    sampler: str  # default prompt sampling: priority | uniform
-
-
-ALGORITHMS = {
-    "spo": Algorithm(advantage="spo", grouped=False, sampler="priority"),
-    "grpo": Algorithm(advantage="grpo", grouped=True, sampler="uniform"),
-    "rloo": Algorithm(advantage="rloo", grouped=True, sampler="uniform"),
-    "dr_grpo": Algorithm(advantage="dr_grpo", grouped=True, sampler="uniform"),
-}
 
 
 def _step_seed(seed: int, step: int, stream: int) -> int:
     """Independent, reproducible seeds per (run seed, step, purpose)."""
     return int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0])
-
-
-def _task_kwargs(cfg: TrainConfig) -> dict:
-    """TaskConfig fields that `load_task` takes (system_prompt feeds the chat template)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.task).items() if k != "system_prompt"}
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -110,7 +86,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
 
         resume_from = self._resume_checkpoint() if cfg.resume else None
-        self.task = load_task(**_task_kwargs(cfg))
+        self.task = load_task(**task_kwargs(cfg))
         if not self.task.train:
             raise TrainError(f"task {cfg.task.name!r} has no training prompts")
         print(self.task.summary(), flush=True)  # prompts used, duplicates, rows skipped
@@ -130,7 +106,7 @@ class Trainer:
             model_source, dtype=cfg.model.dtype, device="cpu" if group else cfg.model.device
         )
         if cfg.model.lora.r and not is_peft(self.model):  # a resumed LoRA run loads its adapter
-            from spo.lora import apply_lora
+            from spo.policy.lora import apply_lora
 
             self.model = apply_lora(self.model, cfg.model.lora, seed=cfg.seed)
         self.prompt_tokens = self._encode([ex.prompt for ex in self.train_examples])
@@ -234,7 +210,7 @@ class Trainer:
         return ckpt.newest_intact(self.ckpt_root)
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
-        from spo.models import encode_prompts
+        from spo.policy.models import encode_prompts
 
         system = self.task.chat_system_prompt(self.cfg.task.system_prompt)
         return encode_prompts(self.tokenizer, prompts, system_prompt=system)

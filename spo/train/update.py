@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from spo.algo import ppo_clip_loss, tis_weight
-from spo.logprobs import completion_logp
-from spo.rollout.batch import PackedBatch
+from spo.policy.batch import PackedBatch
+from spo.policy.logprobs import completion_logp
 
 LogpFn = Callable[[PackedBatch], Tensor]  # differentiable completion log-probs, (B, T)
 

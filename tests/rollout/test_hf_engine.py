@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spo.logprobs import completion_logp
-from spo.models import encode_prompts, load_policy
-from spo.rollout.batch import pack
+from spo.policy.batch import pack
+from spo.policy.logprobs import completion_logp
+from spo.policy.models import encode_prompts, load_policy
 from spo.rollout.hf import HFEngine
 
 

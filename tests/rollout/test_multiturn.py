@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer
 
-from spo.rollout.batch import pack
+from spo.policy.batch import pack
 from spo.rollout.multiturn import Sample, ToolMessages, apply_tool
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spo.rollout.batch import pack
+from spo.policy.batch import pack
 
 PROMPTS = [[1, 2, 3], [4], [5, 6]]
 COMPLETIONS = [[7, 8], [9, 10, 11, 12], []]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from spo.rewards import RewardResult
-from spo.rollout.batch import Rollouts
+from spo.rollout import Rollouts
 from spo.rollout.scheduler import InlineExecutor, RolloutScheduler
+from spo.tasks.rewards import RewardResult
 from spo.train.checkpoint import read_state, write_state
 
 P = 32

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spo.models import encode_prompts, load_policy
+from spo.policy.models import encode_prompts, load_policy
 from spo.rollout import EngineError
 from spo.rollout.vllm_engine import VLLMEngine, prompt_seeds
 
@@ -165,7 +165,7 @@ def test_full_weight_sync_loads_every_tensor_and_drops_the_prefix_cache(
 
 
 def test_lora_sync_sends_only_the_adapter(tiny_model_dir, policy, fake_vllm, tmp_path):
-    from spo.lora import apply_lora, lora_kwargs
+    from spo.policy.lora import apply_lora, lora_kwargs
     from spo.train.config import LoraConfig
 
     base, tokenizer = load_policy(str(tiny_model_dir))

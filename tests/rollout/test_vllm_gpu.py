@@ -39,7 +39,7 @@ def gpu_model_dir(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def engine(gpu_model_dir):
     pytest.importorskip("vllm")
-    from spo.models import load_policy
+    from spo.policy.models import load_policy
     from spo.rollout.vllm_engine import VLLMEngine
 
     _, tokenizer = load_policy(str(gpu_model_dir))
@@ -55,9 +55,9 @@ def engine(gpu_model_dir):
 
 
 def test_vllm_logprobs_match_the_trainer(engine, gpu_model_dir):
-    from spo.logprobs import completion_logp
-    from spo.models import encode_prompts, load_policy
-    from spo.rollout.batch import pack, pad_logp
+    from spo.policy.batch import pack, pad_logp
+    from spo.policy.logprobs import completion_logp
+    from spo.policy.models import encode_prompts, load_policy
 
     model, tokenizer = load_policy(str(gpu_model_dir))
     model = model.cuda()
@@ -75,7 +75,7 @@ def test_vllm_logprobs_match_the_trainer(engine, gpu_model_dir):
 
 
 def test_weight_sync_changes_the_samples(engine, gpu_model_dir):
-    from spo.models import encode_prompts, load_policy
+    from spo.policy.models import encode_prompts, load_policy
 
     model, tokenizer = load_policy(str(gpu_model_dir))
     prompts = encode_prompts(tokenizer, [f"Count to {i}." for i in range(8)])

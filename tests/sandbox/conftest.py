@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from spo.sandbox import available_isolation
+from spo.tools.sandbox import available_isolation
 
 AVAILABLE = available_isolation()
 WORKING = [mode for mode, reason in AVAILABLE.items() if reason is None]

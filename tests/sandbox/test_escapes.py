@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-import spo.sandbox as sandbox
-from spo.sandbox import SandboxResult, _isolation, _process, run_python
+import spo.tools.sandbox as sandbox
+from spo.tools.sandbox import SandboxResult, _isolation, _process, run_python
 
 # Raw syscalls from inside, through ctypes: errno names, never a traceback.
 SYSCALL_PRELUDE = """
@@ -446,7 +446,7 @@ def test_filter_denies_what_the_issue_lists():
 def test_cgroup_v2_files_on_a_fake_tree(tmp_path, monkeypatch):
     """The v2 path (this suite's machines may only have v1): limits written, kernel
     records read, the cgroup removed."""
-    from spo.sandbox import _cgroup
+    from spo.tools.sandbox import _cgroup
 
     real_mkdir = os.mkdir
 

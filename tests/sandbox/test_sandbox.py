@@ -1,4 +1,4 @@
-"""Attack suite for spo.sandbox: every attack is contained, reported, and this process lives on.
+"""Attack suite for spo.tools.sandbox: every attack is contained, reported, this process lives.
 
 Each test of the attack section runs once per isolated level that works on this machine
 ("bwrap", "namespaces"); `test_which_isolation_this_machine_has` skips with the levels that
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-import spo.sandbox as sandbox
-from spo.sandbox import SandboxError, SandboxResult, _isolation, _process, run_python
+import spo.tools.sandbox as sandbox
+from spo.tools.sandbox import SandboxError, SandboxResult, _isolation, _process, run_python
 
 REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
@@ -519,7 +519,7 @@ def test_sandbox_dies_with_its_caller(iso):
     marker = f"spo-orphan-{uuid.uuid4().hex}"
     script = textwrap.dedent(
         f"""
-        from spo.sandbox import run_python
+        from spo.tools.sandbox import run_python
         code = "import os, sys, time\\nos.execv(sys.executable, ['python', '-c', "
         code += "'import time; time.sleep(60)', {marker!r}])\\n"
         run_python(code, isolation={iso!r}, timeout_s=60)

@@ -11,8 +11,9 @@ from test_trainer import params_of, tiny_overrides
 
 import spo.train.trainer as trainer_module
 import spo.train.update as update_module
-from spo.logprobs import completion_logp
-from spo.rollout.batch import Rollouts, pack
+from spo.policy.batch import pack
+from spo.policy.logprobs import completion_logp
+from spo.rollout import Rollouts
 from spo.train.config import load_config
 from spo.train.trainer import Trainer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from spo.compare_summary import variance_key
+from spo.study.summary import variance_key
 
 
 def fmt(agg: dict | None, scale: float = 100.0, digits: int = 1) -> str:

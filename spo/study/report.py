@@ -17,297 +17,55 @@ page has no external resources and can be mailed or attached as it is.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
-import io
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-TIME_PARTS = (
-    ("time/generate", "generate"),
-    ("time/score", "score"),
-    ("time/train", "train"),
-    ("time/tracker", "tracker"),
-)
-COLORS = (
-    "#1f77b4",
-    "#d62728",
-    "#2ca02c",
-    "#ff7f0e",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
-
-
-@dataclass
-class RunData:
-    """Everything `spo report` reads from one run directory."""
-
-    path: Path
-    label: str
-    config: dict
-    metrics: list[dict]
-    heldout: list[dict] = field(default_factory=list)  # {samples, wall, greedy, sampled}
-    diagnostics_log: list[dict] = field(default_factory=list)
-    tracker: dict | None = None  # newest checkpoint's diagnostics summary
-    calibration: dict | None = None
-    color: str = COLORS[0]
-
-    def series(self, key: str, x: str = "samples") -> tuple[np.ndarray, np.ndarray]:
-        """(x, y) over steps where `key` was logged; x is samples or wall_seconds."""
-        pts = [
-            (r.get(x), r[key])
-            for r in self.metrics
-            if isinstance(r.get(key), int | float) and isinstance(r.get(x), int | float)
-        ]
-        if not pts:
-            return np.zeros(0), np.zeros(0)
-        xs, ys = zip(*pts, strict=True)
-        return np.asarray(xs, float), np.asarray(ys, float)
-
-
-# ---------------------------------------------------------------------------- loading
-def load_run(path: str | Path) -> RunData:
-    """Read a run directory; ConfigError (one line) if it is not one."""
-    from omegaconf import OmegaConf
-
-    from spo.diagnostics import checkpoint_diagnostics, read_diagnostics_log
-    from spo.train.checkpoint import STATE_FILES, CheckpointError, intact_checkpoints
-    from spo.train.config import ConfigError
-    from spo.train.logging import read_metrics
-
-    path = Path(path)
-    if not path.is_dir():
-        raise ConfigError(f"run dir {str(path)!r} does not exist")
-    metrics = read_metrics(path / "metrics.jsonl")
-    if not metrics:
-        raise ConfigError(
-            f"{str(path)!r} has no metrics.jsonl with steps; pass a directory "
-            "written by `spo train` or `spo demo`"
-        )
-    config = {}
-    if (path / "config.yaml").is_file():
-        config = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
-    algo = config.get("algo")
-    run = RunData(
-        path=path,
-        label=f"{algo} · {path.name}" if algo else path.name,
-        config=config,
-        metrics=metrics,
-    )
-    run.heldout = _heldout_points(path, metrics)
-    # Only the files a report reads are verified (no model, no optimizer): cheap.
-    ckpts = intact_checkpoints(path / "checkpoints", only=STATE_FILES)
-    run.diagnostics_log = read_diagnostics_log(path)
-    logged = {r["step"] for r in run.diagnostics_log}
-    from spo.diagnostics import scalar_row
-
-    for c in ckpts:  # checkpoints the trainer did not diagnose yet: cheap, no model
-        try:
-            summary = checkpoint_diagnostics(c)
-        except (CheckpointError, KeyError, ValueError):
-            continue
-        run.tracker = summary
-        if summary["step"] not in logged:
-            run.diagnostics_log.append(
-                scalar_row(summary, step=summary["step"], samples=summary["samples"])
-            )
-    run.diagnostics_log.sort(key=lambda r: r["step"])
-    run.calibration = _calibration(path, ckpts)
-    return run
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _sampled(m: dict) -> float | None:
-    keys = [k for k in m if k.startswith("avg@") and "/" not in k]
-    return m[keys[0]] if keys else None
-
-
-def _heldout_points(path: Path, metrics: list[dict]) -> list[dict]:
-    """Held-out accuracy points from eval.json, demo_result.json and in-training eval.
-
-    At equal samples the first source wins: they are in order of samples per prompt
-    (`spo eval` and the demo default to k = 4, in-training eval uses k = 1).
-    """
-    points: dict[int, dict] = {}
-
-    def add(samples, wall, m: dict, source: str) -> None:
-        if samples is None or int(samples) in points:
-            return
-        g, s = m.get("greedy"), _sampled(m)
-        if g is None and s is None:
-            return
-        points[int(samples)] = {
-            "samples": int(samples),
-            "wall": wall,
-            "greedy": g,
-            "sampled": s,
-            "source": source,
-        }
-
-    ev = _read_json(path / "eval.json") or {}
-    for r in ev.get("results", []):
-        add(r.get("samples"), r.get("wall_seconds"), r.get("metrics", {}), "spo eval")
-    demo = _read_json(path / "demo_result.json") or {}
-    if demo.get("before"):
-        add(0, 0.0, demo["before"], "demo")
-    if demo.get("after"):
-        add(
-            demo.get("samples", metrics[-1].get("samples")),
-            metrics[-1].get("wall_seconds"),
-            demo["after"],
-            "demo",
-        )
-    for r in metrics:
-        m = {k[5:]: v for k, v in r.items() if k.startswith("eval/")}
-        if m:
-            add(r.get("samples"), r.get("wall_seconds"), m, "in-training eval")
-    return [points[s] for s in sorted(points)]
-
-
-def _calibration(path: Path, ckpts: list[Path]) -> dict | None:
-    ev = _read_json(path / "eval.json") or {}
-    if ev.get("calibration"):
-        return ev["calibration"]
-    for c in reversed(ckpts):
-        found = _read_json(c / "calibration.json")
-        if found:
-            return found
-    return None
-
-
-# ---------------------------------------------------------------------------- plotting
-def smooth(y: np.ndarray) -> np.ndarray:
-    """EMA over about a fifteenth of the series (bias-corrected, so the start is not 0)."""
-    if y.size < 4:
-        return y
-    alpha = 2.0 / (max(2, y.size // 15) + 1)
-    out, acc, norm = np.empty_like(y), 0.0, 0.0
-    for i, v in enumerate(y):
-        acc = (1 - alpha) * acc + alpha * v
-        norm = (1 - alpha) * norm + alpha
-        out[i] = acc / norm
-    return out
-
-
-def _wall_unit(runs: list[RunData]) -> tuple[float, str]:
-    top = max((r.metrics[-1].get("wall_seconds") or 0.0) for r in runs)
-    return (60.0, "min") if top > 300 else (1.0, "s")
-
-
-def _no_data(ax, what: str) -> None:
-    ax.text(0.5, 0.5, f"no {what}", ha="center", va="center", color="#888", transform=ax.transAxes)
-
-
-def _curve(
-    ax,
-    run: RunData,
-    key: str,
-    x: str = "samples",
-    scale: float = 1.0,
-    style: str = "-",
-    label: str | None = None,
-) -> bool:
-    xs, ys = run.series(key, x)
-    if not xs.size:
-        return False
-    xs = xs / scale
-    if xs.size >= 8:
-        ax.plot(xs, ys, style, color=run.color, alpha=0.2, lw=0.8)
-    ax.plot(
-        xs,
-        smooth(ys),
-        style,
-        color=run.color,
-        lw=1.8,
-        label=label or run.label,
-        marker="o" if xs.size < 8 else None,
-        ms=3,
-    )
-    return True
-
-
-FIG_WIDTH = 13.0  # inches at 100 dpi: every figure is as wide as the page, same font size
-
-
-def _figure(n: int, height: float = 3.4):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(FIG_WIDTH, height), dpi=100, layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.spines[["top", "right"]].set_visible(False)
-    return fig, axes
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def _legend(fig, axes, runs: list[RunData]) -> None:
-    handles = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(lab, h)
-    if len(handles) > 1 or len(runs) > 1:
-        axes[0].legend(handles.values(), handles.keys(), fontsize=8, frameon=False)
+from spo.study.plots import COLORS, curve, figure, legend, no_data, png, wall_unit
+from spo.study.runs import RunData, flatten, load_run, mean_step_times
 
 
 def fig_metric_rows(runs, panels, *, x="samples", wall=None) -> bytes:
     """One panel per (key, title, ylabel); every run overlaid."""
-    fig, axes = _figure(len(panels))
+    fig, axes = figure(len(panels))
     scale, unit = wall or (1.0, "")
     for ax, (keys, title, ylabel) in zip(axes, panels, strict=True):
         keys = [keys] if isinstance(keys, str) else keys
         found = False
         for run in runs:
             for key, style in zip(keys, ("-", "--", ":"), strict=False):
-                found |= _curve(ax, run, key, x, scale, style)
+                found |= curve(ax, run, key, x, scale, style)
         if not found:
-            _no_data(ax, "data (" + ", ".join(keys) + ")")
+            no_data(ax, "data (" + ", ".join(keys) + ")")
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("samples" if x == "samples" else f"training wall-clock ({unit})")
-    _legend(fig, axes, runs)
-    return _png(fig)
+    legend(fig, axes, runs)
+    return png(fig)
 
 
 def fig_reward(runs) -> bytes:
-    wall = _wall_unit(runs)
-    fig, axes = _figure(2)
+    wall = wall_unit(runs)
+    fig, axes = figure(2)
     for ax, x in zip(axes, ("samples", "wall_seconds"), strict=True):
         for run in runs:
-            _curve(ax, run, "reward/mean", x, wall[0] if x != "samples" else 1.0)
+            curve(ax, run, "reward/mean", x, wall[0] if x != "samples" else 1.0)
         ax.set_ylabel("mean training reward")
         ax.set_xlabel("samples" if x == "samples" else f"training wall-clock ({wall[1]})")
     axes[0].set_title("reward vs samples", fontsize=10)
     axes[1].set_title("reward vs wall-clock", fontsize=10)
-    _legend(fig, axes, runs)
-    return _png(fig)
+    legend(fig, axes, runs)
+    return png(fig)
 
 
 def fig_heldout(runs) -> bytes:
-    scale, unit = _wall_unit(runs)
-    fig, axes = _figure(2)
+    scale, unit = wall_unit(runs)
+    fig, axes = figure(2)
     any_points = False
     for ax, x in zip(axes, ("samples", "wall"), strict=True):
         for run in runs:
@@ -333,19 +91,19 @@ def fig_heldout(runs) -> bytes:
         ax.set_xlabel("samples" if x == "samples" else f"training wall-clock ({unit})")
     if not any_points:
         for ax in axes:
-            _no_data(ax, "held-out eval (run `spo eval RUN_DIR` or train with eval_every)")
+            no_data(ax, "held-out eval (run `spo eval RUN_DIR` or train with eval_every)")
     axes[0].set_title("held-out accuracy vs samples (solid greedy, dashed sampled)", fontsize=10)
     axes[1].set_title("held-out accuracy vs wall-clock", fontsize=10)
     if any_points:
         axes[0].legend(fontsize=7, frameon=False)
-    return _png(fig)
+    return png(fig)
 
 
 def fig_tracker_history(runs) -> bytes:
-    fig, axes = _figure(4)
+    fig, axes = figure(4)
     for run in runs:
-        _curve(axes[0], run, "tracker/value_mean")
-        _curve(axes[1], run, "tracker/count_mean")
+        curve(axes[0], run, "tracker/value_mean")
+        curve(axes[1], run, "tracker/count_mean")
         d = run.diagnostics_log
         for ax, key in ((axes[2], "frontier_seen"), (axes[3], "sampler_ess_fraction")):
             pts = [(r["samples"], r[key]) for r in d if r.get(key) is not None]
@@ -362,9 +120,9 @@ def fig_tracker_history(runs) -> bytes:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("samples")
         if not ax.lines:
-            _no_data(ax, "checkpoints yet")
-    _legend(fig, axes, runs)
-    return _png(fig)
+            no_data(ax, "checkpoints yet")
+    legend(fig, axes, runs)
+    return png(fig)
 
 
 def _hist(ax, run: RunData, hist: dict, label: str) -> None:
@@ -375,7 +133,7 @@ def _hist(ax, run: RunData, hist: dict, label: str) -> None:
 
 
 def fig_tracker_state(runs) -> bytes:
-    fig, axes = _figure(4)
+    fig, axes = figure(4)
     for run in runs:
         if run.tracker is None:
             continue
@@ -410,28 +168,19 @@ def fig_tracker_state(runs) -> bytes:
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
     if not axes[0].patches and not axes[0].lines:
-        _no_data(axes[0], "checkpoint")
+        no_data(axes[0], "checkpoint")
     if not axes[2].patches:
-        _no_data(axes[2], "ρ (rho=drift only)")
+        no_data(axes[2], "ρ (rho=drift only)")
     if len(axes[3].lines) == 1:
-        _no_data(axes[3], "calibration (spo eval RUN --calibration 8)")
+        no_data(axes[3], "calibration (spo eval RUN --calibration 8)")
     else:
         axes[3].legend(fontsize=7, frameon=False)
-    _legend(fig, axes[:1], runs)
-    return _png(fig)
-
-
-def mean_step_times(run: RunData) -> dict[str, float]:
-    """Mean seconds per step of each phase (generate, score, train, tracker)."""
-    out = {}
-    for key, name in TIME_PARTS:
-        ys = run.series(key)[1]
-        out[name] = float(ys.mean()) if ys.size else 0.0
-    return out
+    legend(fig, axes[:1], runs)
+    return png(fig)
 
 
 def fig_time(runs) -> bytes:
-    fig, axes = _figure(2, height=max(2.6, 0.55 * len(runs) + 1.6))
+    fig, axes = figure(2, height=max(2.6, 0.55 * len(runs) + 1.6))
     ax = axes[0]
     part_colors = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
     for i, run in enumerate(runs):
@@ -446,16 +195,16 @@ def fig_time(runs) -> bytes:
     ax.set_title("step-time breakdown", fontsize=10)
     ax.legend(fontsize=8, frameon=False, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     for run in runs:
-        _curve(axes[1], run, "throughput/samples_per_s")
+        curve(axes[1], run, "throughput/samples_per_s")
     axes[1].set_title("throughput", fontsize=10)
     axes[1].set_ylabel("samples / s")
     axes[1].set_xlabel("samples")
-    return _png(fig)
+    return png(fig)
 
 
 def figures(runs: list[RunData]) -> list[tuple[str, str, bytes]]:
     """(title, caption, png) for every section of the report."""
-    wall = _wall_unit(runs)
+    wall = wall_unit(runs)
     return [
         (
             "Training reward",
@@ -513,12 +262,12 @@ def figures(runs: list[RunData]) -> list[tuple[str, str, bytes]]:
 
 
 def _fig_adv_var(runs, wall) -> bytes:
-    fig, axes = _figure(2)
+    fig, axes = figure(2)
     for ax, x in zip(axes, ("samples", "wall_seconds"), strict=True):
         for run in runs:
             sc = wall[0] if x != "samples" else 1.0
-            _curve(ax, run, "adv/variance", x, sc)
-            _curve(
+            curve(ax, run, "adv/variance", x, sc)
+            curve(
                 ax,
                 run,
                 "adv/variance_nondegenerate",
@@ -529,19 +278,8 @@ def _fig_adv_var(runs, wall) -> bytes:
             )
         ax.set_ylabel("Var(A)")
         ax.set_xlabel("samples" if x == "samples" else f"training wall-clock ({wall[1]})")
-    _legend(fig, axes, runs)
-    return _png(fig)
-
-
-# ------------------------------------------------------------------------------- HTML
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    legend(fig, axes, runs)
+    return png(fig)
 
 
 KEY_SETTINGS = (
@@ -561,7 +299,7 @@ IGNORED_DIFF = ("run_dir", "resume", "log.progress", "log.tensorboard", "log.wan
 
 def config_rows(runs: list[RunData]) -> list[tuple[str, list]]:
     """Settings worth showing: key settings, plus every key on which the runs differ."""
-    flat = [_flatten(r.config) for r in runs]
+    flat = [flatten(r.config) for r in runs]
     keys = sorted(set().union(*flat)) if flat else []
     diff = [
         k for k in keys if k not in IGNORED_DIFF and len({json.dumps(f.get(k)) for f in flat}) > 1
@@ -673,39 +411,3 @@ def build_report(
         if labels is not None:
             run.label = labels[i]
     return render_html(runs, figures(runs)), runs
-
-
-# -------------------------------------------------------------------------------- CLI
-EPILOG = """\
-examples:
-  spo report runs/demo-20260101-120000                 # -> RUN_DIR/report.html
-  spo report runs/spo-* runs/grpo-* --out compare.html  # runs overlaid
-
-Held-out accuracy comes from in-training eval (eval_every), `spo eval RUN_DIR` (every
-checkpoint) and `spo demo`; calibration from `spo eval RUN_DIR --calibration 8`.
-"""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
-    parser.add_argument(
-        "--out",
-        metavar="FILE.html",
-        help="output (default: RUN_DIR/report.html for one run, report.html for several)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    text, runs = build_report(args.runs)
-    out = (
-        Path(args.out)
-        if args.out
-        else (runs[0].path / "report.html" if len(runs) == 1 else Path("report.html"))
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
-    print(f"wrote {out} ({len(text) / 1e6:.1f} MB, {len(runs)} run(s)); open it in a browser")
-    return 0

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 
-from spo.sandbox._errors import SandboxError
+from spo.tools.sandbox._errors import SandboxError
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 WRAPPER_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"

@@ -1,7 +1,7 @@
 """One sandbox call as a process: start the wrapper, feed our init, drain, kill, report.
 
 `execute(mode, code, limits, python)` returns the call's `SandboxResult` (defined here,
-exported by `spo.sandbox`). It starts the wrapper of `mode` (`_isolation.command`) around
+exported by `spo.tools.sandbox`). It starts the wrapper of `mode` (`_isolation.command`) around
 our init (`_stage.py`), in a new session and, where possible, a fresh cgroup (`_cgroup`).
 It sends the init its config on stdin and reads stdout, stderr and the init's status pipe
 as they arrive, keeping only head and tail (`Capped`).
@@ -33,8 +33,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from spo.sandbox import _cgroup, _isolation
-from spo.sandbox._errors import SandboxError
+from spo.tools.sandbox import _cgroup, _isolation
+from spo.tools.sandbox._errors import SandboxError
 
 STAGE_SOURCE = (pathlib.Path(__file__).parent / "_stage.py").read_text(encoding="utf-8")
 WRAPPER_ENV = {"PATH": _isolation.WRAPPER_PATH, "LANG": "C.UTF-8"}

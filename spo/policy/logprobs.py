@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spo.rollout.batch import PackedBatch
-from spo.rollout.weights import is_peft
+from spo.policy.batch import PackedBatch
+from spo.policy.weights import is_peft
 
 
 class _TokenLogp(torch.autograd.Function):

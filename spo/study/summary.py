@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spo.diagnostics import write_json
-from spo.report import COLORS, _figure, _no_data, _png
+from spo.study.plots import COLORS, figure, no_data, png
+from spo.train.diagnostics import write_json
 
 TRAIN_CURVES = (
     "reward/mean",
@@ -202,9 +202,9 @@ def machine_info() -> dict:
 
 def build_summary(plan, specs, *, command: str = "", seconds: float = 0.0, train_commands=None):
     """The summary dict (see the module docstring); `specs` are the plan's runs."""
-    from spo.compare import _resolved, run_state
+    from spo.study.runs import resolved_config, run_state
 
-    base_cfg = _resolved(plan.config, [*plan.overrides, "algo=spo"])
+    base_cfg = resolved_config(plan.config, [*plan.overrides, "algo=spo"])
     settings_keys = (
         "model.path",
         "task.name",
@@ -240,7 +240,7 @@ def build_summary(plan, specs, *, command: str = "", seconds: float = 0.0, train
                 failed.append(f"{arm}/seed{s.seed}")
             runs.append(entry)
         init = _init_samples(mine[0].values) if mine and mine[0].values else 0
-        cfg = _resolved(plan.config, plan.train_args(mine[0])) if mine else {}
+        cfg = resolved_config(plan.config, plan.train_args(mine[0])) if mine else {}
         arms[arm] = {
             "algo": info["algo"],
             "what": info["what"],
@@ -291,8 +291,8 @@ def write_summary(plan, specs, **kw) -> dict:
     summary = build_summary(plan, specs, **kw)
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
-    for name, png in plots(summary).items():
-        (out / name).write_bytes(png)
+    for name, image in plots(summary).items():
+        (out / name).write_bytes(image)
     summary["plots"] = list(PLOTS)
     write_json(out / "summary.json", summary)
     finished = [
@@ -302,7 +302,7 @@ def write_summary(plan, specs, **kw) -> dict:
         if r["status"] == "finished"
     ]
     if finished:
-        from spo.report import build_report
+        from spo.study.report import build_report
 
         text, _ = build_report([p for p, _ in finished], labels=[lab for _, lab in finished])
         (out / "report.html").write_text(text)
@@ -333,7 +333,7 @@ def _label(arm: str, a: dict) -> str:
 def fig_accuracy(summary: dict, x: str) -> bytes:
     k = _k(summary)
     keys = ("greedy", f"avg@{k}", f"maj@{k}")
-    fig, axes = _figure(len(keys))
+    fig, axes = figure(len(keys))
     colors = _colors(summary)
     wall = x == "wall_seconds"
     top = max(
@@ -352,13 +352,13 @@ def fig_accuracy(summary: dict, x: str) -> bytes:
                 xs = np.asarray(c[x], float) / (scale if wall else 1.0)
                 _band(ax, xs, c, colors[arm], _label(arm, a))
         if not ax.lines:
-            _no_data(ax, f"held-out {key}")
+            no_data(ax, f"held-out {key}")
         ax.set_title(f"held-out {key} (mean, min–max band over seeds)", fontsize=10)
         ax.set_ylabel("%")
         ax.set_xlabel(f"training wall-clock ({unit})" if wall else "samples")
     if axes[0].lines:
         axes[0].legend(fontsize=8, frameon=False)
-    return _png(fig)
+    return png(fig)
 
 
 def fig_signal(summary: dict) -> bytes:
@@ -367,7 +367,7 @@ def fig_signal(summary: dict) -> bytes:
         "adv/abs_le_1e-4": "samples with |A| ≤ 1e-4",
         "adv/abs_le_0.02": "samples with |A| ≤ 0.02",
     }
-    fig, axes = _figure(len(SIGNAL))
+    fig, axes = figure(len(SIGNAL))
     colors = _colors(summary)
     for ax, key in zip(axes, SIGNAL, strict=True):
         for arm, a in summary["arms"].items():
@@ -375,13 +375,13 @@ def fig_signal(summary: dict) -> bytes:
             if c:
                 _band(ax, np.asarray(c["samples"], float), c, colors[arm], _label(arm, a))
         if not ax.lines:
-            _no_data(ax, key)
+            no_data(ax, key)
         ax.set_title(titles[key], fontsize=10)
         ax.set_ylabel("% of the step's samples")
         ax.set_xlabel("samples")
     if axes[0].lines:
         axes[0].legend(fontsize=8, frameon=False)
-    return _png(fig)
+    return png(fig)
 
 
 def variance_key(arm: dict) -> str:
@@ -390,7 +390,7 @@ def variance_key(arm: dict) -> str:
 
 
 def fig_variance(summary: dict) -> bytes:
-    fig, axes = _figure(1, height=3.0)
+    fig, axes = figure(1, height=3.0)
     ax = axes[0]
     colors = _colors(summary)
     names, means, lo, hi = [], [], [], []
@@ -412,13 +412,13 @@ def fig_variance(summary: dict) -> bytes:
         )
         ax.set_xticks(range(len(names)), names, fontsize=8)
     else:
-        _no_data(ax, "advantage variance")
+        no_data(ax, "advantage variance")
     ax.set_title(
         "variance of the unnormalised advantage, mean over training (bars: min–max over seeds)",
         fontsize=10,
     )
     ax.set_ylabel("Var(A)")
-    return _png(fig)
+    return png(fig)
 
 
 PLOTS = {

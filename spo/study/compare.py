@@ -21,7 +21,7 @@ Resumable: rerunning the same command skips finished runs (final checkpoint pres
 resumes interrupted ones (`spo train --resume`) and redoes runs that never reached a
 checkpoint. A run made with different settings is an error, never silently mixed in.
 `--jobs N` runs N trainings at once (each gets cpu_count/N torch threads unless
-`threads=` is given). Afterwards `spo.compare_summary` writes OUT/summary.json, the
+`threads=` is given). Afterwards `spo.study.summary` writes OUT/summary.json, the
 plots, OUT/report.html (`spo report` over all runs) and optionally the markdown page.
 """
 
@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spo.report import _flatten as _flat
+from spo.study.runs import flatten, resolved_config, run_state
 
 IGNORED_KEYS = ("run_dir", "resume", "threads", "log.progress", "log.tensorboard", "log.wandb")
 RESERVED = ("algo", "seed", "run_dir", "resume")
@@ -118,12 +118,6 @@ def _names(text: str, what: str, valid) -> list[str]:
     return items
 
 
-def _resolved(config: Path, overrides: list[str]) -> dict:
-    from spo.train.config import load_config, to_dict
-
-    return _flat(to_dict(load_config(str(config), overrides)))
-
-
 def _differences(a: dict, b: dict) -> list[str]:
     keys = sorted(set(a) | set(b))
     return [k for k in keys if k not in IGNORED_KEYS and a.get(k) != b.get(k)]
@@ -157,7 +151,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             "use --algos, --seeds and --out"
         )
     overrides = list(args.overrides)
-    base = _resolved(config, overrides)
+    base = resolved_config(config, overrides)
     eval_every = args.eval_every or base["eval_every"] or max(1, base["steps"] // 4)
     overrides += [f"eval_every={eval_every}", f"eval_k={args.eval_k}", "eval_start=true"]
     overrides += ["log.progress=false"]
@@ -182,7 +176,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         calibration=args.calibration,
         calibration_prompts=args.calibration_prompts,
     )
-    spo_cfg = _resolved(config, [*overrides, "algo=spo"])
+    spo_cfg = resolved_config(config, [*overrides, "algo=spo"])
     matched = ("steps", "samples_per_step", "optim.updates_per_step")
     for arm, info in arms.items():
         needs_values = arm in ABLATIONS and ABLATIONS[arm].needs_values
@@ -199,7 +193,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 overrides=[*info["overrides"], *extra, f"seed={seed}", f"run_dir={run_dir}"],
                 values=values,
             )
-            cfg = _resolved(config, plan.train_args(spec))  # validates every arm up front
+            cfg = resolved_config(config, plan.train_args(spec))  # validates every arm up front
             if arm in ABLATIONS and seed == 0:
                 own = ("seed", "tracker.offline_path")
                 if not [k for k in _differences(cfg, spo_cfg) if k not in own]:
@@ -229,16 +223,6 @@ def _env() -> dict:
     return env
 
 
-def run_state(run_dir: Path, steps: int) -> str:
-    """finished (checkpoint at `steps`), partial (an earlier checkpoint) or new."""
-    from spo.train.checkpoint import checkpoint_name, list_checkpoints
-
-    ckpts = list_checkpoints(run_dir / "checkpoints")
-    if any(c.name == checkpoint_name(steps) for c in ckpts):
-        return "finished"
-    return "partial" if ckpts else "new"
-
-
 def _call(cmd: list[str], log: Path) -> tuple[int, str]:
     """Run `cmd`, appending its output to `log`; (exit code, last non-empty output line)."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -264,8 +248,8 @@ def check_existing(plan: Plan, spec: RunSpec) -> None:
         return
     from omegaconf import OmegaConf
 
-    old = _flat(OmegaConf.to_container(OmegaConf.load(saved)))
-    new = _resolved(plan.config, plan.train_args(spec))
+    old = flatten(OmegaConf.to_container(OmegaConf.load(saved)))
+    new = resolved_config(plan.config, plan.train_args(spec))
     diff = [k for k in _differences(old, new) if k != "steps"]
     if diff:
         k = diff[0]
@@ -369,108 +353,3 @@ def run_plan(plan: Plan, jobs: int = 1, log=print) -> list[RunSpec]:
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(one, plan.runs))
-
-
-# ----------------------------------------------------------------------------- CLI
-EPILOG = """\
-Arms: each --algos entry with the config as given, and each --ablation as SPO with some
-keys changed (one seed each unless --ablation-seeds). Ablations:
-{ablations}
-
-examples:
-  spo compare configs/demo.yaml                       # spo, grpo x 3 seeds -> runs/compare-demo
-  spo compare configs/demo.yaml threads=1 --seeds 3 --ablations no_baseline,constant_rho,\\
-      replay_rho,uniform_sampling,offline_init --out runs/study --markdown docs/results/study.md
-  spo compare configs/demo.yaml --out runs/study --summarize-only   # refresh summary/plots
-
-key=value overrides (for every arm) go right after CONFIG, before the --options.
-Rerunning the same command skips finished runs and resumes interrupted ones.
-"""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG.format(
-        ablations="\n".join(
-            f"  {k:<18}{' '.join(a.overrides):<24}{a.what}" for k, a in ABLATIONS.items()
-        )
-    )
-    parser.add_argument("config", metavar="CONFIG.yaml", help="the `spo train` config of all arms")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="overrides for every arm (steps=40 ...)"
-    )
-    parser.add_argument("--algos", default="spo,grpo", help="comma list (default spo,grpo)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per algorithm (default 3)")
-    parser.add_argument("--ablations", default="", help="comma list of SPO ablations (see below)")
-    parser.add_argument("--ablation-seeds", type=int, default=1, help="seeds per ablation")
-    parser.add_argument("--out", metavar="DIR", help="study dir (default runs/compare-<config>)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
-    parser.add_argument(
-        "--eval-every", type=int, default=0, help="held-out eval interval (default: steps/4)"
-    )
-    parser.add_argument("--eval-k", type=int, default=4, help="samples per held-out prompt")
-    parser.add_argument(
-        "--calibration",
-        type=int,
-        default=8,
-        metavar="N",
-        help="fresh samples per training prompt to check SPO trackers at the end (0 = off)",
-    )
-    parser.add_argument("--calibration-prompts", type=int, default=64, metavar="M")
-    parser.add_argument(
-        "--init-samples", type=int, default=8, metavar="N0", help="n0 for offline_init"
-    )
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument(
-        "--summarize-only", action="store_true", help="no training: summarise what is there"
-    )
-    parser.add_argument("--markdown", metavar="FILE.md", help="also write the study page")
-    parser.add_argument(
-        "--lr-note",
-        default=None,
-        help="learning-rate search statement for the page (default: states that one "
-        "shared, untuned lr was used when all arms share it)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    from spo.compare_page import render_markdown
-    from spo.compare_summary import write_summary
-
-    plan = make_plan(args)
-    if args.dry_run:
-        for spec in plan.runs:
-            state = run_state(spec.run_dir, plan.steps)
-            print(f"# {spec.arm} seed {spec.seed} ({state})")
-            print(shlex.join(train_command(plan, spec)))
-        return 0
-    t0 = time.perf_counter()
-    specs = plan.runs if args.summarize_only else run_plan(plan, args.jobs)
-    command = shlex.join(["spo", "compare", *sys.argv[2:]]) if sys.argv[1:2] == ["compare"] else ""
-    summary = write_summary(
-        plan,
-        specs,
-        command=command,
-        seconds=time.perf_counter() - t0,
-        train_commands={
-            f"{s.arm}/seed{s.seed}": shlex.join(
-                ["spo", "train", str(plan.config), *plan.train_args(s)]
-            )
-            for s in plan.runs
-        },
-    )
-    print(f"wrote {plan.out / 'summary.json'}, plots and {plan.out / 'report.html'}")
-    if args.markdown:
-        md = Path(args.markdown)
-        md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(render_markdown(summary, md, plan.out, lr_note=args.lr_note))
-        print(f"wrote {md}")
-    failed = [s for s in specs if s.status == "failed"]
-    for s in failed:
-        print(f"failed: {s.arm} seed {s.seed}: {s.message}", file=sys.stderr)
-    if failed:
-        print(
-            f"spo: {len(failed)} of {len(specs)} runs failed; rerun the same command to retry",
-            file=sys.stderr,
-        )
-        return 1
-    return 0

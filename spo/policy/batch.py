@@ -1,8 +1,7 @@
-"""What a rollout engine returns, and how prompt + completion pairs are packed for training.
+"""The packed training batch: prompt + completion pairs padded into one tensor batch.
 
-`Rollouts` is the engine's output: unpadded token lists, behaviour log-probs and texts.
 `PackedBatch` is one padded tensor batch of prompt + completion sequences plus the
-indexing that `spo.logprobs.completion_logp` needs to score only the completion tokens:
+indexing that `spo.policy.logprobs.completion_logp` needs to score only the completion tokens:
 row b holds its sequence at columns `[seq_start_B[b], seq_start_B[b] + seq_len_B[b])` and
 its completion starts at column `completion_start_B[b]`; the hidden state at column
 `completion_start_B[b] + t - 1` predicts completion token t. Sequences are right-padded by
@@ -21,20 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-
-@dataclass
-class Rollouts:
-    """Completions for a list of prompts, in the prompts' order."""
-
-    prompt_ids: list[list[int]]
-    completion_ids: list[list[int]]  # generated ids, eos included when generated, no padding
-    logp: list[Tensor]  # behaviour log-prob of each completion token, float32, (T_i,)
-    finished: list[bool]  # ended with eos (False: stopped at max_new_tokens)
-    texts: list[str]  # decoded completions, special tokens skipped
-
-    def __len__(self) -> int:
-        return len(self.completion_ids)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """In-sandbox init: builds the filesystem view, then runs the user's code as a child.
 
-This file is not imported by the trainer: `spo.sandbox` reads its source and runs it as
+This file is not imported by the trainer: `spo.tools.sandbox` reads its source and runs it as
 `python -I -S -c <source>` inside the isolation wrapper (`unshare` or `bwrap`) or, in
 "none" mode, directly. It reads one JSON config from stdin and uses the standard library
 only (no site-packages: it runs before the filesystem is restricted and must not execute

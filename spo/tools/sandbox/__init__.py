@@ -41,10 +41,10 @@ import threading
 import warnings
 from typing import Literal
 
-from spo.sandbox import _cgroup, _isolation, _process
-from spo.sandbox._errors import SandboxError
-from spo.sandbox._isolation import tmpfs_inodes
-from spo.sandbox._process import Limits, SandboxResult
+from spo.tools.sandbox import _cgroup, _isolation, _process
+from spo.tools.sandbox._errors import SandboxError
+from spo.tools.sandbox._isolation import tmpfs_inodes
+from spo.tools.sandbox._process import Limits, SandboxResult
 
 __all__ = [
     "ISOLATION_LEVELS",

@@ -3,9 +3,9 @@
 `apply_lora` wraps a loaded policy in a peft model whose base weights are frozen, so the
 trainer's optimizer (it takes parameters with requires_grad) sees only the adapters.
 Checkpoints of a peft model hold the adapter alone (adapter_config.json records the base
-model directory); `spo.models.load_policy` loads such a directory back onto its base,
+model directory); `spo.policy.models.load_policy` loads such a directory back onto its base,
 which is how resume and `spo eval` read them. Engines receive adapter-only weights
-(`spo.rollout.weights.policy_weights`).
+(`spo.policy.weights.policy_weights`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def apply_lora(model, lora: Any, *, seed: int = 0):
     peft draws the A matrices from the global torch RNG; they are drawn here under
     `seed` inside a forked RNG, so a run's adapters are reproducible and the caller's RNG
     is untouched."""
-    from spo.models import ModelError
+    from spo.policy.models import ModelError
 
     try:
         from peft import LoraConfig, get_peft_model

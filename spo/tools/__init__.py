@@ -1,7 +1,7 @@
 """Tool-call protocol for multi-turn tool-integrated reasoning (the model-free half).
 
 The model writes Python in a fenced block; the runtime runs it in the sandbox
-(`spo.sandbox.run_python`) and appends the output as a tool message; the model continues,
+(`spo.tools.sandbox.run_python`) and appends the output as a tool message; the model continues,
 up to `max_turns` model turns (the SPO paper's agentic setting uses 8):
 
     user ─► assistant (text + ```python block) ─► tool (output) ─► assistant ─► … ─► answer
@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spo.sandbox import SandboxResult, resolve_isolation, run_python
+from spo.tools.sandbox import SandboxResult, resolve_isolation, run_python
 
 __all__ = ["ToolRunner", "Transcript", "Turn", "extract_code", "format_tool_output"]
 

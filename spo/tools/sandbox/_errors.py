@@ -1,4 +1,4 @@
-"""The one exception of spo.sandbox (its own module so every part can raise it)."""
+"""The one exception of spo.tools.sandbox (its own module so every part can raise it)."""
 
 
 class SandboxError(RuntimeError):
