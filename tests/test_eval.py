@@ -339,7 +339,7 @@ def test_in_training_eval_k_start_and_last_step(tiny_model_dir, task_files, tmp_
 
 
 def test_print_table_names_levels(capsys):
-    from spo.eval import print_table
+    from spo.commands.eval import print_table
 
     metrics = summarize([[1.0, 0.0], [0.0, 0.0]], [["3", "4"], [None, "5"]], [1.0, 0.0], [1, 2])
     print_table([{"label": "model", "metrics": metrics}], 2, {"1": "add0", "2": "mul1"})
