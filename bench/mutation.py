@@ -41,7 +41,7 @@ TESTS = [
     "tests/train/test_wiring.py",
     "tests/train/test_trainer.py",
     "tests/train/test_async_trainer.py",
-    "tests/test_eval.py",
+    "tests/eval/test_eval.py",
 ]
 TRAINER = "spo/train/trainer.py"
 

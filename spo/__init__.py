@@ -1,4 +1,22 @@
-"""spo-rl: Single-stream Policy Optimization."""
+"""spo-rl: Single-stream Policy Optimization.
+
+The packages are layers; each imports only the ones above it in this list
+(tests/test_layout.py checks it):
+
+    algo/          the math: tracker, ρ, advantages, sampler, losses, metrics, the
+                   ALGORITHMS table, SPOState (numpy/torch only, no I/O but the values file)
+    tasks/         prompt sources, verifiers, the reward pool
+    tools/         the tool-call protocol and the Python sandbox
+    policy/        models, LoRA, weights, the packed batch, the training forward
+    sim/           agentic throughput simulation
+    rollout/       engines (HF / CPU decoder, vLLM, Ray), scheduler, multi-turn loop
+    eval/          sample and score a policy on held-out prompts
+    train/         the trainer loop, config, update, ρ estimators, checkpoints, logging
+    study/         read run directories: report, compare study, summary, page
+    integrations/  TRL and verl adapters over spo.algo.SPOState
+    commands/      one module per `spo` command (argparse and printing live only here)
+    cli.py         the `spo` entry point: parser, user-error mapping, dispatch
+"""
 
 import os as _os
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from spo.tasks import Example
+from spo.tasks.base import Example
 
 Verifier = Callable[[str, Example], Any]
 

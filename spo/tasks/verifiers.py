@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from spo.tasks import Example, TaskError, Verifier
 from spo.tasks.answers import answer_tag, final_answer, last_boxed
+from spo.tasks.base import Example, TaskError, Verifier
 
 UserFunction = Callable[[str, str], "float | bool"]
 
