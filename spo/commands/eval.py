@@ -1,5 +1,6 @@
 """`spo eval MODEL_OR_RUN`: held-out accuracy of a model, a checkpoint or every checkpoint
 of a run (library: `spo.eval`), and `--calibration n` (tracker v̂ vs fresh pass rates).
+Every model is sampled through the configured rollout engine (`PolicyEngines`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ EMBEDDED_NAMES = ("embedded:smollm2-135m-instruct", "embedded", "default")
 
 
 def calibrate(
-    model,
+    policy,
     tokenizer,
     task,
     state: dict,
@@ -41,8 +42,9 @@ def calibrate(
     """Tracker v̂ of a checkpoint `state` vs a fresh pass rate of `model` on training prompts.
 
     Draws `prompts` training prompts uniformly (seeded) among those the tracker has updated
-    (all prompts if none), samples `samples` responses each at the rollout settings, and
-    returns `spo.train.diagnostics.calibration(v̂, rewards)` plus the step and prompt ids used.
+    (all prompts if none), samples `samples` responses each at the rollout settings with
+    `policy` (an engine or a model, as in `spo.eval.generate_samples`), and returns
+    `spo.train.diagnostics.calibration(v̂, rewards)` plus the step and prompt ids used.
     """
     from spo.train.checkpoint import CheckpointError
     from spo.train.diagnostics import calibration, tracker_arrays
@@ -63,7 +65,7 @@ def calibrate(
     chosen = np.sort(rng.choice(pool_P, size=min(prompts, pool_P.size), replace=False))
     examples = [by_id[ids[i]] for i in chosen]
     s = generate_samples(
-        model,
+        policy,
         tokenizer,
         task,
         examples,
@@ -335,14 +337,19 @@ def run(args: argparse.Namespace) -> int:
         f"samples at temperature {settings['temperature']}"
     )
     results, calib = [], None
-    with RewardPool(task.verifier, timeout=cfg.reward.timeout, workers=cfg.reward.workers) as pool:
+    engines = PolicyEngines(cfg)
+    with (
+        RewardPool(task.verifier, timeout=cfg.reward.timeout, workers=cfg.reward.workers) as pool,
+        engines,
+    ):
         for item in todo:
             t0 = time.perf_counter()
             model, tokenizer = load_policy(
                 item["path"], dtype=cfg.model.dtype, device=cfg.model.device
             )
+            engine = engines.sampling_from(model, tokenizer)
             metrics = evaluate_examples(
-                model,
+                engine,
                 tokenizer,
                 task,
                 examples,
@@ -369,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 calib = calibrate(
-                    model,
+                    engine,
                     tokenizer,
                     task,
                     state,
@@ -379,7 +386,7 @@ def run(args: argparse.Namespace) -> int:
                     **settings,
                 )
                 write_json(Path(item["path"]) / "calibration.json", calib)
-            del model, tokenizer
+            del model, tokenizer, engine
     print()
     names = level_names(examples)
     print_table(results, args.k, names)
@@ -408,6 +415,50 @@ def run(args: argparse.Namespace) -> int:
         write_json(out_path, out)
         print(f"\nwrote {out_path}")
     return 0
+
+
+class PolicyEngines:
+    """The run's configured rollout engine (`rollout.engine`, `cluster.*`) for each model
+    `spo eval` loads. HF in this process wraps the loaded model itself (a new engine per
+    model, nothing copied); an engine that holds its own copy (vLLM, Ray actors) is built
+    once from `model.path` and loaded with each model's weights, as the trainer's engine
+    is after every update. A context manager: leaving it stops Ray actors."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.shared = None  # the engine with its own copy of the policy, once built
+        self.lora_dir = None
+
+    def sampling_from(self, model, tokenizer):
+        from spo.rollout.factory import make_engine
+
+        cfg = self.cfg
+        if cfg.rollout.engine == "hf" and cfg.cluster.mode == "local":
+            return make_engine(cfg, model, tokenizer, model_path=cfg.model.path)
+        if cfg.model.lora.r:  # the engine loads adapters; the initial model gets a zero one
+            from spo.policy.lora import apply_lora
+            from spo.policy.weights import is_peft
+
+            if not is_peft(model):
+                model = apply_lora(model, cfg.model.lora, seed=cfg.seed)
+        if self.shared is None:
+            import tempfile
+
+            self.lora_dir = tempfile.TemporaryDirectory(prefix="spo-eval-lora-")
+            self.shared = make_engine(
+                cfg, model, tokenizer, model_path=cfg.model.path, lora_dir=self.lora_dir.name
+            )
+        self.shared.sync_weights(model)
+        return self.shared
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if hasattr(self.shared, "close"):
+            self.shared.close()
+        if self.lora_dir is not None:
+            self.lora_dir.cleanup()
 
 
 def _checkpoint_diagnostics(ckpt: Path, state: dict, task) -> dict:

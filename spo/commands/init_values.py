@@ -1,5 +1,6 @@
 """`spo init-values`: offline tracker init (spec §3): n0 samples per training prompt with the
-initial policy, written as the values parquet `tracker.init=offline` reads."""
+initial policy, drawn through the run's configured rollout engine (`rollout.engine`,
+`cluster.*`), written as the values parquet `tracker.init=offline` reads."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
 
     from spo.algo.values import write_values
     from spo.policy.models import encode_prompts, load_policy
-    from spo.rollout.local import make_local_engine
+    from spo.rollout import SamplingSettings
+    from spo.rollout.factory import make_engine
     from spo.tasks import load_task
     from spo.tasks.rewards import RewardPool
     from spo.train.config import task_kwargs
@@ -37,19 +39,27 @@ def run(args: argparse.Namespace) -> int:
         [ex.prompt for ex in examples],
         system_prompt=task.chat_system_prompt(cfg.task.system_prompt),
     )
-    engine = make_local_engine(cfg, model, tokenizer, model_path=cfg.model.path)
+    # the run's engine (HF, vLLM, shards, Ray actors) at the run's sampling settings
+    engine = make_engine(cfg, model, tokenizer, model_path=cfg.model.path)
     n0 = args.samples
     successes = np.zeros(len(examples))
     chunk = max(1, cfg.rollout.batch_size // n0) * 4
     t0 = time.perf_counter()
-    with RewardPool(task.verifier, timeout=cfg.reward.timeout, workers=cfg.reward.workers) as pool:
-        for lo in range(0, len(examples), chunk):
-            hi = min(lo + chunk, len(examples))
-            rep = [prompts[i] for i in range(lo, hi) for _ in range(n0)]
-            ex_rep = [examples[i] for i in range(lo, hi) for _ in range(n0)]
-            texts = engine.generate(rep, seed=cfg.seed * 1_000_003 + lo).texts
-            successes[lo:hi] = np.asarray(pool(texts, ex_rep).reward_B).reshape(-1, n0).sum(1)
-            print(f"\r  {hi}/{len(examples)} prompts", end="", flush=True)
+    try:
+        with RewardPool(
+            task.verifier, timeout=cfg.reward.timeout, workers=cfg.reward.workers
+        ) as pool:
+            for lo in range(0, len(examples), chunk):
+                hi = min(lo + chunk, len(examples))
+                ex_rep = [examples[i] for i in range(lo, hi) for _ in range(n0)]
+                texts = engine.generate(
+                    prompts[lo:hi], seed=cfg.seed * 1_000_003 + lo, sampling=SamplingSettings(n=n0)
+                ).texts
+                successes[lo:hi] = np.asarray(pool(texts, ex_rep).reward_B).reshape(-1, n0).sum(1)
+                print(f"\r  {hi}/{len(examples)} prompts", end="", flush=True)
+    finally:
+        if hasattr(engine, "close"):
+            engine.close()
     print()
     out = write_values(
         args.out,

@@ -1,7 +1,9 @@
 """Held-out evaluation with the paper's metrics (spec §8): sample and score a policy.
 
 For each held-out prompt: one greedy response and k sampled ones (at the run's rollout
-temperature / top_p). A sample is correct when its reward is >= 0.5. Reported:
+temperature / top_p), drawn through the run's configured rollout engine (HF, vLLM,
+sharded or Ray actors) with per-call `spo.rollout.SamplingSettings`, or through an
+`HFEngine` when given a bare model. A sample is correct when its reward is >= 0.5. Reported:
 
     greedy     accuracy of the greedy response
     avg@k      mean correctness of the k samples (reward_mean: their mean raw reward)
@@ -145,7 +147,7 @@ class EvalSamples:
 
 
 def generate_samples(
-    model,
+    policy,
     tokenizer,
     task,
     examples,
@@ -160,27 +162,27 @@ def generate_samples(
     greedy: bool = True,
     batch_size: int = 64,
 ) -> EvalSamples:
-    """k sampled (+ one greedy) responses per example, scored by `reward_pool`."""
+    """k sampled (+ one greedy) responses per example, scored by `reward_pool`.
+
+    `policy` is a `spo.rollout.RolloutEngine` (the run's configured engine: HF, vLLM,
+    sharded, Ray actors), asked for these settings per call, or a Hugging Face model,
+    sampled here by an `HFEngine` of `batch_size` rows. The k samples are one call with
+    n=k, the greedy responses another, both with `seed`.
+    """
     from spo.policy.models import encode_prompts
-    from spo.rollout.hf import HFEngine
+    from spo.rollout import SamplingSettings
 
     examples = list(examples)
     E = len(examples)
+    engine = _engine(policy, tokenizer, max_new_tokens, batch_size)
     prompt_ids = encode_prompts(
         tokenizer, [ex.prompt for ex in examples], system_prompt=system_prompt
     )
     texts_EK: list[list[str]] = [[] for _ in range(E)]
     reward_EK = np.zeros((E, k))
     if k > 0 and E:
-        engine = HFEngine(
-            model,
-            tokenizer,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            batch_size=batch_size,
-        )
-        texts = engine.generate([p for p in prompt_ids for _ in range(k)], seed=seed).texts
+        sampled = SamplingSettings(temperature, top_p, max_new_tokens, n=k)
+        texts = engine.generate(prompt_ids, seed=seed, sampling=sampled).texts
         ex_rep = [ex for ex in examples for _ in range(k)]
         reward_EK = np.asarray(reward_pool(texts, ex_rep).reward_B, np.float64).reshape(E, k)
         texts_EK = [texts[i * k : (i + 1) * k] for i in range(E)]
@@ -190,14 +192,23 @@ def generate_samples(
             answers_EK[i, j] = task.extract_answer(text)
     out = EvalSamples(texts_EK=texts_EK, reward_EK=reward_EK, answers_EK=answers_EK)
     if greedy and E:
-        engine0 = HFEngine(
-            model, tokenizer, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size
-        )
-        out.greedy_texts_E = engine0.generate(prompt_ids, seed=seed).texts
+        argmax = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
+        out.greedy_texts_E = engine.generate(prompt_ids, seed=seed, sampling=argmax).texts
         out.greedy_reward_E = np.asarray(
             reward_pool(out.greedy_texts_E, examples).reward_B, np.float64
         )
     return out
+
+
+def _engine(policy, tokenizer, max_new_tokens: int, batch_size: int):
+    """`policy` itself when it is an engine; an `HFEngine` over it when it is a model."""
+    from torch import nn
+
+    if not isinstance(policy, nn.Module):
+        return policy
+    from spo.rollout.hf import HFEngine
+
+    return HFEngine(policy, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def difficulties(examples) -> list | None:
@@ -206,14 +217,15 @@ def difficulties(examples) -> list | None:
     return levels if any(d is not None for d in levels) else None
 
 
-def evaluate_examples(model, tokenizer, task, examples, **settings) -> dict[str, float]:
-    """Evaluate a policy on `examples`; returns a flat dict of metrics (fractions in [0, 1]).
-    `settings`: those of `evaluate_with_samples` (k, max_new_tokens, temperature, ...)."""
-    return evaluate_with_samples(model, tokenizer, task, examples, **settings)[0]
+def evaluate_examples(policy, tokenizer, task, examples, **settings) -> dict[str, float]:
+    """Evaluate a policy (an engine or a model, see `generate_samples`) on `examples`;
+    returns a flat dict of metrics (fractions in [0, 1]). `settings`: those of
+    `evaluate_with_samples` (k, max_new_tokens, temperature, ...)."""
+    return evaluate_with_samples(policy, tokenizer, task, examples, **settings)[0]
 
 
 def evaluate_with_samples(
-    model,
+    policy,
     tokenizer,
     task,
     examples,
@@ -235,7 +247,7 @@ def evaluate_with_samples(
     pool = reward_pool or RewardPool(task.verifier)
     try:
         s = generate_samples(
-            model,
+            policy,
             tokenizer,
             task,
             examples,

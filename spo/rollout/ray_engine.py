@@ -3,7 +3,8 @@
 `cluster.rollout_workers` actors each load the policy from `model.path` (a directory every
 node can read; nothing is downloaded), wrap it in the engine `rollout.engine` names (HF
 on CPU or GPU, or vLLM with `cluster.gpus_per_worker=1`) and generate one shard of each
-step's prompts (`spo.rollout.shard`: contiguous slices, seed per shard), in parallel.
+step's prompts (`spo.rollout.shard`: contiguous slices, seed per shard), in parallel; a
+call's `SamplingSettings` travel with its shards (evaluation samples on the actors too).
 The driver keeps the tracker, the sampler and the trainer; after each update it puts the
 policy weights into the Ray object store once (adapters only with LoRA) and every actor
 loads them before it generates again. Because the shards and their seeds are the ones
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spo.rollout import EngineError, Rollouts
+from spo.rollout import EngineError, Rollouts, SamplingSettings
 from spo.rollout.shard import concat_rollouts, shard_bounds, shard_seed
 
 
@@ -85,8 +86,10 @@ class RolloutWorker:
             cfg, model, tokenizer, model_path=model_path, lora_dir=lora_dir
         )
 
-    def generate(self, prompt_ids: list[list[int]], seed: int) -> Rollouts:
-        return self.engine.generate(prompt_ids, seed=seed)
+    def generate(
+        self, prompt_ids: list[list[int]], seed: int, sampling: SamplingSettings | None = None
+    ) -> Rollouts:
+        return self.engine.generate(prompt_ids, seed=seed, sampling=sampling)
 
     def sync_weights(self, weights: Mapping[str, Tensor]) -> None:
         self.engine.sync_weights(weights)
@@ -106,10 +109,12 @@ class RayEngine:
             for k in range(c.rollout_workers)
         ]
 
-    def generate(self, prompt_ids: list[list[int]], *, seed: int) -> Rollouts:
+    def generate(
+        self, prompt_ids: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
+    ) -> Rollouts:
         bounds = shard_bounds(len(prompt_ids), len(self.workers))
         futures = [
-            self.workers[k].generate.remote(prompt_ids[lo:hi], shard_seed(seed, k))
+            self.workers[k].generate.remote(prompt_ids[lo:hi], shard_seed(seed, k), sampling)
             for k, (lo, hi) in enumerate(bounds)
         ]
         return concat_rollouts(self.ray.get(futures))

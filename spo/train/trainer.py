@@ -545,7 +545,7 @@ class Trainer:
         from spo.eval import evaluate_with_samples
 
         metrics, samples = evaluate_with_samples(
-            self.model,
+            self.engine,  # the configured engine (Ray actors too), not the driver's copy
             self.tokenizer,
             self.task,
             self.eval_examples,
