@@ -13,7 +13,13 @@ import pytest
 
 from spo.algo import ValueTracker
 from spo.cli import main
-from spo.eval import budgets, evaluate_examples, generate_samples, summarize
+from spo.eval import (
+    budgets,
+    evaluate_examples,
+    evaluate_with_samples,
+    generate_samples,
+    summarize,
+)
 from spo.tasks import load_task
 from spo.tasks.rewards import RewardPool
 from spo.train.checkpoint import write_state
@@ -346,3 +352,131 @@ def test_print_table_names_levels(capsys):
     out = capsys.readouterr().out
     assert "1 add0" in out and "2 mul1" in out and "no-answer" in out
     assert "frontier" not in out  # no checkpoint diagnostics for a bare model
+
+
+# ------------------------------------------------------- through the configured engine
+class Recording:
+    """An engine wrapper that records each call's SamplingSettings."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, []
+
+    def generate(self, prompt_ids, *, seed, sampling=None):
+        self.calls.append((len(prompt_ids), seed, sampling))
+        return self.engine.generate(prompt_ids, seed=seed, sampling=sampling)
+
+    def sync_weights(self, policy):
+        self.engine.sync_weights(policy)
+
+
+def _same_samples(a, b) -> None:
+    assert a[0] == b[0]  # every metric, exactly
+    assert a[1].texts_EK == b[1].texts_EK and a[1].greedy_texts_E == b[1].greedy_texts_E
+
+
+def test_eval_through_an_engine_equals_eval_of_the_model(tiny_model_dir, task_files):
+    """A bare model is sampled by an HFEngine of `batch_size` rows: passing that engine (or
+    one shard of it) gives the same samples. More shards cut the prompts with a seed per
+    shard (as Ray actors do): the greedy responses do not change, the samples are those
+    of each shard's own call."""
+    from spo.policy.models import encode_prompts, load_policy
+    from spo.rollout import SamplingSettings
+    from spo.rollout.hf import HFEngine
+    from spo.rollout.shard import ShardedEngine, shard_bounds, shard_seed
+
+    cfg = load_config(None, overrides(task_files))
+    task = load_task(name=cfg.task.name, train_size=20, test_size=6, reward_fn=cfg.task.reward_fn)
+    model, tok = load_policy(str(tiny_model_dir))
+    kw = {"k": 3, "max_new_tokens": 6, "temperature": 0.8, "top_p": 0.95, "seed": 7}
+    with RewardPool(task.verifier, workers=0) as pool:
+        want = evaluate_with_samples(
+            model, tok, task, task.test, reward_pool=pool, batch_size=4, **kw
+        )
+        # the engine's own settings are not the evaluation's: the call's settings win
+        engine = Recording(HFEngine(model, tok, max_new_tokens=20, temperature=1.5, batch_size=4))
+        _same_samples(
+            evaluate_with_samples(engine, tok, task, task.test, reward_pool=pool, **kw), want
+        )
+        assert [c[2] for c in engine.calls] == [
+            SamplingSettings(0.8, 0.95, 6, n=3),
+            SamplingSettings(0.0, 1.0, 6),
+        ]
+        one = ShardedEngine(engine.engine, 1)
+        _same_samples(
+            evaluate_with_samples(one, tok, task, task.test, reward_pool=pool, **kw), want
+        )
+        three = evaluate_with_samples(
+            ShardedEngine(engine.engine, 3), tok, task, task.test, reward_pool=pool, **kw
+        )
+    assert three[1].greedy_texts_E == want[1].greedy_texts_E
+    assert three[0]["greedy"] == want[0]["greedy"]
+    sampled = SamplingSettings(0.8, 0.95, 6, n=3)
+    ids = encode_prompts(tok, [ex.prompt for ex in task.test])
+    per_shard = [
+        t
+        for k, (lo, hi) in enumerate(shard_bounds(len(ids), 3))
+        for t in engine.engine.generate(ids[lo:hi], seed=shard_seed(7, k), sampling=sampled).texts
+    ]
+    assert [t for row in three[1].texts_EK for t in row] == per_shard
+
+
+def test_in_training_eval_samples_through_the_trainer_engine(tiny_model_dir, task_files, tmp_path):
+    from spo.rollout import SamplingSettings
+    from spo.train.trainer import Trainer
+
+    cfg = load_config(
+        None,
+        [
+            *overrides(task_files),
+            f"model.path={tiny_model_dir}",
+            f"run_dir={tmp_path / 'run'}",
+            "rollout.temperature=0.9",
+            "rollout.top_p=0.8",
+            "log.tensorboard=false",
+            "log.progress=false",
+        ],
+    )
+    trainer = Trainer(cfg)
+    try:
+        trainer.engine = Recording(trainer.engine)
+        metrics = trainer.evaluate(k=2)
+    finally:
+        trainer.close()
+    assert [c[2] for c in trainer.engine.calls] == [
+        SamplingSettings(0.9, 0.8, 6, n=2),
+        SamplingSettings(0.0, 1.0, 6),
+    ]
+    assert {"greedy", "avg@2"} <= set(metrics)
+
+
+def test_spo_eval_samples_through_the_configured_engine(
+    tiny_model_dir, task_files, tmp_path, monkeypatch
+):
+    """`spo eval` with cluster.rollout_workers=2 samples through the ShardedEngine the
+    trainer would use (the same shards as Ray actors), and reports what it produces."""
+    import spo.rollout.factory as factory
+    from spo.policy.models import load_policy
+    from spo.rollout.hf import HFEngine
+    from spo.rollout.shard import ShardedEngine
+
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(factory_make(*args, **kwargs))
+        return built[-1]
+
+    factory_make = factory.make_engine
+    monkeypatch.setattr(factory, "make_engine", spy)
+    out = tmp_path / "out.json"
+    args = [*overrides(task_files), "cluster.rollout_workers=2", "seed=5"]
+    assert main(["eval", str(tiny_model_dir), *args, "--k", "2", "--out", str(out)]) == 0
+    assert len(built) == 1 and isinstance(built[0], ShardedEngine) and built[0].shards == 2
+    got = json.loads(out.read_text())["results"][0]["metrics"]
+    cfg = load_config(None, args)
+    task = load_task(name=cfg.task.name, train_size=20, test_size=6, reward_fn=cfg.task.reward_fn)
+    model, tok = load_policy(str(tiny_model_dir))
+    engine = ShardedEngine(HFEngine(model, tok, max_new_tokens=6, batch_size=32), 2)
+    want = evaluate_examples(
+        engine, tok, task, task.test, k=2, max_new_tokens=6, seed=5, system_prompt=None
+    )
+    assert got == want
