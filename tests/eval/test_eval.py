@@ -480,3 +480,49 @@ def test_spo_eval_samples_through_the_configured_engine(
         engine, tok, task, task.test, k=2, max_new_tokens=6, seed=5, system_prompt=None
     )
     assert got == want
+
+
+def test_spo_eval_loads_each_model_into_an_engine_with_its_own_copy(
+    tiny_model_dir, task_files, tmp_path, monkeypatch
+):
+    """vLLM and Ray engines hold their own copy of the policy: `spo eval` builds one such
+    engine for the whole run (from model.path) and loads each model's weights into it
+    before sampling, so a run's checkpoints are evaluated on the engine the run used.
+    Stand-in: an HFEngine over its own copy, under cluster.mode=ray; the numbers must be
+    those of sampling each loaded model directly."""
+    import torch
+    from conftest import build_tiny_model  # tests/ is on sys.path (rootdir conftest)
+
+    import spo.rollout.factory as factory
+    from spo.policy.models import load_policy
+    from spo.rollout.hf import HFEngine
+
+    run = make_run(tmp_path, tiny_model_dir, task_files)
+    other = build_tiny_model(tmp_path / "other", seed=1)  # the checkpoint's weights differ
+    ckpt = run / "checkpoints" / "step_000002"
+    shutil.copy(other / "model.safetensors", ckpt / "model.safetensors")
+    args = ["--k", "2", "--calibration", "2", "--calibration-prompts", "3"]
+    assert main(["eval", str(run), *args]) == 0
+    want = json.loads((run / "eval.json").read_text())
+
+    built = []
+
+    def own_copy(cfg, model, tokenizer, *, model_path, lora_dir=None):
+        copy, tok = load_policy(model_path, dtype=cfg.model.dtype)
+        r = cfg.rollout
+        built.append((model_path, cfg.cluster.mode, copy))
+        return HFEngine(copy, tok, max_new_tokens=r.max_new_tokens, batch_size=r.batch_size)
+
+    monkeypatch.setattr(factory, "make_engine", own_copy)
+    assert main(["eval", str(run), "cluster.mode=ray", *args]) == 0
+    got = json.loads((run / "eval.json").read_text())
+    assert [b[:2] for b in built] == [(str(tiny_model_dir), "ray")]  # once, from the base
+    assert [r["metrics"] for r in got["results"]] == [r["metrics"] for r in want["results"]]
+    assert got["calibration"]["rate"] == want["calibration"]["rate"]
+    # the engine's copy ends holding the checkpoint's weights, not the base model's
+    last, _ = load_policy(str(ckpt), dtype="float32")
+    base, _ = load_policy(str(tiny_model_dir), dtype="float32")
+    copy = built[0][2].state_dict()
+    for key, value in last.state_dict().items():
+        assert torch.equal(copy[key], value), key
+    assert any(not torch.equal(copy[k], v) for k, v in base.state_dict().items())
