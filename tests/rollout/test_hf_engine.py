@@ -8,13 +8,8 @@ import torch
 
 from spo.policy.batch import pack
 from spo.policy.logprobs import completion_logp
-from spo.policy.models import encode_prompts, load_policy
+from spo.policy.models import encode_prompts
 from spo.rollout.hf import HFEngine
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_model_dir):
-    return load_policy(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")

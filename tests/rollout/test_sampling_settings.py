@@ -7,15 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spo.policy.models import encode_prompts, load_policy
+from spo.policy.models import encode_prompts
 from spo.rollout import SamplingSettings
 from spo.rollout.hf import HFEngine
 from spo.rollout.shard import ShardedEngine, shard_bounds, shard_seed
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_model_dir):
-    return load_policy(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")

@@ -97,11 +97,6 @@ def fake_vllm(monkeypatch):
     return vllm
 
 
-@pytest.fixture(scope="module")
-def policy(tiny_model_dir):
-    return load_policy(str(tiny_model_dir))
-
-
 def make(tiny_model_dir, tokenizer, **kwargs):
     args = {"max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "seed": 3}
     return VLLMEngine(str(tiny_model_dir), tokenizer, **{**args, **kwargs})
