@@ -74,6 +74,25 @@ def test_vllm_logprobs_match_the_trainer(engine, gpu_model_dir):
     assert float(gap.mean()) < 0.05, float(gap.mean())
 
 
+def test_per_call_settings(engine, gpu_model_dir):
+    """Greedy with n=2: both rows of a prompt are the argmax path, whatever the seed;
+    max_new_tokens per call caps the length; the sampled calls stay as configured."""
+    from spo.policy.models import encode_prompts, load_policy
+    from spo.rollout import SamplingSettings
+
+    _, tokenizer = load_policy(str(gpu_model_dir))
+    prompts = encode_prompts(tokenizer, [f"Name {i} colours." for i in range(6)])
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=5, n=2)
+    a = engine.generate(prompts, seed=1, sampling=greedy)
+    b = engine.generate(prompts, seed=2, sampling=greedy)
+    assert len(a) == 12 and a.completion_ids == b.completion_ids
+    assert a.completion_ids[0::2] == a.completion_ids[1::2]
+    assert max(len(c) for c in a.completion_ids) <= 5
+    sampled = engine.generate(prompts, seed=1)
+    assert max(len(c) for c in sampled.completion_ids) <= 16
+    assert sampled.completion_ids != a.completion_ids[0::2]
+
+
 def test_weight_sync_changes_the_samples(engine, gpu_model_dir):
     from spo.policy.models import encode_prompts, load_policy
 
