@@ -15,7 +15,7 @@ configured engine, wherever it runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
 from torch import Tensor, nn
@@ -65,14 +65,8 @@ class SamplingSettings:
 
     def over(self, engine: SamplingSettings) -> SamplingSettings:
         """These settings, with the fields left None taken from `engine`'s."""
-        return SamplingSettings(
-            **{
-                f.name: getattr(engine, f.name)
-                if getattr(self, f.name) is None
-                else getattr(self, f.name)
-                for f in fields(self)
-            }
-        )
+        mine = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(engine, **{k: v for k, v in mine.items() if v is not None})
 
     def repeat(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         """Each prompt n times in a row: the rows an engine generates for these settings."""
