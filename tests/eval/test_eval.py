@@ -491,16 +491,19 @@ def test_spo_eval_loads_each_model_into_an_engine_with_its_own_copy(
     Stand-in: an HFEngine over its own copy, under cluster.mode=ray; the numbers must be
     those of sampling each loaded model directly."""
     import torch
-    from conftest import build_tiny_model  # tests/ is on sys.path (rootdir conftest)
 
     import spo.rollout.factory as factory
     from spo.policy.models import load_policy
     from spo.rollout.hf import HFEngine
 
     run = make_run(tmp_path, tiny_model_dir, task_files)
-    other = build_tiny_model(tmp_path / "other", seed=1)  # the checkpoint's weights differ
     ckpt = run / "checkpoints" / "step_000002"
-    shutil.copy(other / "model.safetensors", ckpt / "model.safetensors")
+    trained, _ = load_policy(str(tiny_model_dir), dtype="float32")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the checkpoint's weights differ from the base model's
+        for p in trained.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+    trained.save_pretrained(ckpt)
     args = ["--k", "2", "--calibration", "2", "--calibration-prompts", "3"]
     assert main(["eval", str(run), *args]) == 0
     want = json.loads((run / "eval.json").read_text())
