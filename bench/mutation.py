@@ -200,6 +200,12 @@ MUTANTS = [
             ),
         ),
     ),
+    _m(
+        "rho_state_not_restored",
+        "resume ignores the checkpointed state of the active ρ estimator (drift clock or "
+        "replay store)",
+        ("if self.rho.key in state:", "if False:"),
+    ),
     Mutant(
         "one_optimizer_step",
         "optim.updates_per_step ignored: always one optimizer step",
