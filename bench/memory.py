@@ -122,6 +122,7 @@ def _child(arm: str, steps: int, samples: int, new_tokens: int, run_dir: str) ->
     t0 = time.perf_counter()
     for i in range(steps):
         m = trainer.train_step()
+        store = getattr(trainer.rho, "store", None)  # the replay store (rho=replay only)
         live, free = _heap_mib()
         rows.append(
             {
@@ -131,8 +132,8 @@ def _child(arm: str, steps: int, samples: int, new_tokens: int, run_dir: str) ->
                 "heap_live_mib": round(live, 2),
                 "heap_free_mib": round(free, 2),
                 "step_s": round(m["time/step"], 3),
-                "replay_bytes": int(trainer.replay.nbytes),
-                "replay_prompts": len(trainer.replay),
+                "replay_bytes": int(store.nbytes) if store is not None else 0,
+                "replay_prompts": len(store) if store is not None else 0,
                 "drift_bytes": int(trainer.drift.nbytes),
                 "tracker_bytes": int(trainer.tracker.nbytes),
                 "reward_mean": m["reward/mean"],

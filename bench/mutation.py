@@ -155,7 +155,7 @@ MUTANTS = [
     _m(
         "baseline_none_ignored",
         "baseline=none trains with the tracker's baseline anyway",
-        ('if cfg.baseline == "none" and not self.algo.grouped:', "if False:"),
+        ('if cfg.baseline == "none" and self.algo.without_baseline:', "if False:"),
     ),
     _m(
         "offline_init_skipped",
@@ -189,10 +189,22 @@ MUTANTS = [
         "the drift estimator never records a visit: D grows from the run's start",
         (("spo/algo/state.py", "self.drift.mark(ids)", "pass"),),
     ),
-    _m(
+    Mutant(
         "replay_not_stored",
         "the replay estimator never stores the response it must re-score",
-        ("            self.replay.put(\n", "            (lambda *a: None)(\n"),
+        (
+            (
+                "spo/train/forgetting.py",
+                "            self.store.put(\n",
+                "            (lambda *a: None)(\n",
+            ),
+        ),
+    ),
+    _m(
+        "rho_state_not_restored",
+        "resume ignores the checkpointed state of the active ρ estimator (drift clock or "
+        "replay store)",
+        ("if self.rho.key in state:", "if False:"),
     ),
     Mutant(
         "one_optimizer_step",

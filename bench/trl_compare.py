@@ -483,7 +483,7 @@ def _run_under_pyspy(cmd: list[str], raw_out: Path) -> None:
 PHASES = (
     ("generate", "generate (hf.py)"),
     ("_update", "update: forward+backward+optimizer"),
-    ("_forgetting", "drift / forgetting estimator"),
+    ("forgetting.py", "drift / forgetting estimator (spo/train/forgetting.py)"),
     ("rewards.py", "score (reward pool)"),
 )
 

@@ -28,7 +28,6 @@ plots, OUT/report.html (`spo report` over all runs) and optionally the markdown 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import subprocess
@@ -38,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spo.algo.algorithms import ALGORITHMS
 from spo.study.runs import flatten, resolved_config, run_state
 
 IGNORED_KEYS = ("run_dir", "resume", "threads", "log.progress", "log.tensorboard", "log.wandb")
@@ -125,8 +125,6 @@ def _differences(a: dict, b: dict) -> list[str]:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Validate the request and every arm's config; nothing runs or is written here."""
-    from spo.train.config import TrainConfig
-
     config = Path(args.config)
     if not config.is_file():
         raise _error(f"config file {args.config!r} not found (e.g. configs/demo.yaml)")
@@ -136,8 +134,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise _error(f"--jobs must be >= 1, got {args.jobs}")
     if args.calibration < 0 or args.init_samples < 1:
         raise _error("--calibration must be >= 0 and --init-samples >= 1")
-    algo_field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "algo")
-    algos = _names(args.algos, "algo", algo_field.metadata["choices"])
+    algos = _names(args.algos, "algo", tuple(ALGORITHMS))
     ablations = _names(args.ablations, "ablation", tuple(ABLATIONS))
     if not algos and not ablations:
         raise _error("nothing to run: give --algos and/or --ablations")
@@ -285,7 +282,8 @@ def calibrate(plan: Plan, spec: RunSpec) -> tuple[int, str]:
     from spo.train.checkpoint import checkpoint_name
 
     ckpt = spec.run_dir / "checkpoints" / checkpoint_name(plan.steps)
-    if plan.calibration == 0 or spec.algo != "spo" or (ckpt / "calibration.json").is_file():
+    calibrated = ALGORITHMS[spec.algo].tracker_baseline  # v̂ is the baseline of these only
+    if plan.calibration == 0 or not calibrated or (ckpt / "calibration.json").is_file():
         return 0, ""
     cmd = [
         *_python(),

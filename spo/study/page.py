@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from spo.study.summary import variance_key
+from spo.algo.algorithms import ALGORITHMS
+from spo.study.summary import grouped, variance_key
 
 
 def fmt(agg: dict | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -205,7 +206,7 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
         ratio = "—"
         if agg and ref and ref["mean"]:
             ratio = f"{agg['mean'] / ref['mean']:.2f}"
-        which = "non-degenerate groups" if a["algo"] != "spo" else "all samples"
+        which = "non-degenerate groups" if grouped(a) else "all samples"
         rows.append([arm, which, fmt(agg, scale=1.0, digits=4), ratio])
     lines += [
         _table(["arm", "samples", "Var(A)", "÷ SPO"], rows),
@@ -221,7 +222,7 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
     ]
     rows = []
     for arm, a in arms.items():
-        if a["algo"] != "spo":
+        if not ALGORITHMS[a["algo"]].tracker_baseline:  # v̂ is calibrated for these only
             continue
         t, c = a["tracker"], a["calibration"]
         rows.append(

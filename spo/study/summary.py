@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spo.algo.algorithms import ALGORITHMS
 from spo.study.plots import COLORS, figure, no_data, png
 from spo.train.diagnostics import write_json
 
@@ -384,9 +385,14 @@ def fig_signal(summary: dict) -> bytes:
     return png(fig)
 
 
+def grouped(arm: dict) -> bool:
+    """Whether the arm's algorithm draws groups of responses per prompt (ALGORITHMS)."""
+    return ALGORITHMS[arm["algo"]].grouped
+
+
 def variance_key(arm: dict) -> str:
     """Group algorithms: non-degenerate groups only; single stream: every sample."""
-    return "adv/variance_nondegenerate" if arm["algo"] != "spo" else "adv/variance"
+    return "adv/variance_nondegenerate" if grouped(arm) else "adv/variance"
 
 
 def fig_variance(summary: dict) -> bytes:
@@ -398,7 +404,7 @@ def fig_variance(summary: dict) -> bytes:
         agg = a["run_mean"].get(variance_key(a))
         if not agg or agg["mean"] is None:
             continue
-        names.append(f"{arm}\n{'non-degenerate groups' if a['algo'] != 'spo' else 'all samples'}")
+        names.append(f"{arm}\n{'non-degenerate groups' if grouped(a) else 'all samples'}")
         means.append(agg["mean"])
         lo.append(agg["mean"] - agg["min"])
         hi.append(agg["max"] - agg["mean"])

@@ -6,16 +6,17 @@ One step (design.md):
     reward   = reward_pool(rollouts)                                # isolated, time-limited
     adv      = ADVANTAGES[algo](reward, baseline=tracker.value(ids) (pre-update), groups)
     for mini-batch: optimizer.step(ppo_clip_loss(...))
-    rho      = forgetting(ids, policy before/after)                 # drift | replay | constant
+    rho      = estimator.step(ids, policy before/after)             # drift | replay | constant
     tracker.update(ids, reward, rho)                                 # after the policy update
 
 The algorithm is data (`ALGORITHMS`): GRPO differs from SPO only by responses per prompt,
 advantage function and sampler mode. Fairness is structural: every algorithm generates
 `samples_per_step` responses and takes `optim.updates_per_step` optimizer steps per step.
 
-Resume is lossless: generation is seeded from (seed, step), the sampler RNG, tracker, drift
-state, replay store, optimizer (fp32 masters) and counters are checkpointed, so N straight
-steps and k steps + resume to N draw the same prompts and give the same tracker state.
+Resume is lossless: generation is seeded from (seed, step), the sampler RNG, tracker, the
+active ρ estimator's state (drift clock or replay store; `spo.train.forgetting`), optimizer
+(fp32 masters) and counters are checkpointed, so N straight steps and k steps + resume to N
+draw the same prompts and give the same tracker state.
 
 With `rollout.mode=async` or multi-turn tool use (`rollout.max_turns > 1`) the first two
 lines of the step become `batch = scheduler.next_batch(version)`: finished samples from a
@@ -33,15 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spo.algo import (
-    ADVANTAGES,
-    SPOState,
-    advantage_variance,
-    degenerate_fraction,
-    policy_drift,
-    replay_divergence,
-    small_advantage_fraction,
-)
+from spo.algo import ADVANTAGES, SPOState
 from spo.algo.algorithms import ALGORITHMS
 from spo.algo.values import load_values
 from spo.policy.batch import pack, pad_logp
@@ -57,10 +50,11 @@ from spo.train import TrainError
 from spo.train import checkpoint as ckpt
 from spo.train.config import TrainConfig, task_kwargs, to_dict, to_yaml
 from spo.train.diagnostics import write_diagnostics
+from spo.train.forgetting import make_estimator
 from spo.train.heap import TRIM_EVERY, trim_heap
 from spo.train.logging import RunLogger, reset_logs, sample_positions, sample_row
 from spo.train.optim import optimizer_from_config
-from spo.train.replay import ReplayStore
+from spo.train.step_metrics import StepRecord, StepTimes, step_metrics
 from spo.train.update import LocalUpdate
 
 
@@ -143,7 +137,16 @@ class Trainer:
             seed=cfg.seed,
             sampler=mode,
         )
-        self.replay = ReplayStore()
+        # ρ: only the configured estimator is built (and checkpointed), spo.train.forgetting
+        self.rho = make_estimator(
+            t.rho,
+            spo=self.spo,
+            scorer=self.updater,
+            prompt_tokens=self.prompt_tokens,
+            pad_id=self.tokenizer.pad_token_id,
+            rho_constant=t.rho_constant,
+            drift_sample=t.drift_sample,
+        )
         self.scheduler = self._build_scheduler()
         self.step = 0
         self.samples_seen = 0
@@ -287,8 +290,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "prompt_ids": np.array([ex.id for ex in self.train_examples]),
             "tracker": self.tracker.state_dict(),
-            "drift": self.drift.state_dict(),
-            "replay": self.replay.state_dict(),
+            **({self.rho.key: self.rho.state_dict()} if self.rho.key else {}),
             "sampler": self.sampler.state_dict(),
             **({"rollout": self.scheduler.state_dict()} if self.scheduler else {}),
         }
@@ -320,8 +322,8 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
             self.tracker.load_state_dict(state["tracker"])
-            self.drift.load_state_dict(state["drift"])
-            self.replay.load_state_dict(state.get("replay", {}))
+            if self.rho.key in state:  # absent: a run resumed under another tracker.rho
+                self.rho.load_state_dict(state[self.rho.key])
             self.sampler.load_state_dict(state["sampler"])
             if self.scheduler is not None and "rollout" in state:
                 self.scheduler.load_state_dict(state["rollout"])
@@ -367,8 +369,8 @@ class Trainer:
         t_score = time.perf_counter()
 
         # Baseline is read BEFORE this step's rewards are absorbed (unbiased gradient).
-        if cfg.baseline == "none" and not self.algo.grouped:
-            adv_name, baseline_B = "none", torch.zeros_like(reward_B)
+        if cfg.baseline == "none" and self.algo.without_baseline:
+            adv_name, baseline_B = self.algo.without_baseline, torch.zeros_like(reward_B)
         else:
             adv_name = self.algo.advantage
             baseline_B = torch.from_numpy(self.spo.baseline(ids_B).astype(np.float32))
@@ -386,7 +388,7 @@ class Trainer:
         self.engine.sync_weights(self.model)
         t_train = time.perf_counter()
 
-        rho_kw, rho_stats = self._forgetting(ids_B, batch, rollouts, old_logp_BT)
+        rho_kw, rho_stats = self.rho.step(ids_B, batch, rollouts, old_logp_BT)
         self.spo.observe(ids_B, reward_B, step=step, **rho_kw)
         if step % TRIM_EVERY == 0:  # freed activations back to the OS (spo.train.heap)
             trim_heap()
@@ -395,17 +397,23 @@ class Trainer:
         self.step = step
         self.samples_seen += len(ids_B)
         self.train_seconds += t_end - t_start
-        return self._step_metrics(
-            reward_B,
-            baseline_B,
-            group_id_B,
-            adv_name,
-            ids,
-            scored,
-            rollouts,
-            train_stats,
-            {**rho_stats, **rollout_stats},
-            (t_start, t_gen, t_score, t_train, t_end),
+        record = StepRecord(
+            reward_B=reward_B,
+            baseline_B=baseline_B,
+            group_id_B=group_id_B,
+            prompts=ids,
+            scored=scored,
+            rollouts=rollouts,
+            times=StepTimes(t_start, t_gen, t_score, t_train, t_end),
+            train_stats=train_stats,
+            extra_stats={**rho_stats, **rollout_stats},
+        )
+        return step_metrics(
+            record,
+            self.tracker,
+            grouped=self.algo.grouped,
+            samples_seen=self.samples_seen,
+            wall_seconds=self.train_seconds,
         )
 
     def _update(
@@ -418,102 +426,6 @@ class Trainer:
         if self.cfg.loss.tis_cap or stale_B is not None:
             behaviour_BT = pad_logp(rollouts.logp, batch.completion_mask_BT.shape[1])
         return self.updater.update(batch, adv_B, behaviour_BT, stale_B)
-
-    def _forgetting(self, ids_B, batch, rollouts, old_logp_BT):
-        """rho per sample as `SPOState.observe` arguments: constant, cumulative drift
-        (O(1)/prompt, SPOState's drift clock) or replay divergence (reference)."""
-        t = self.cfg.tracker
-        if t.rho == "constant":
-            return {"rho": t.rho_constant}, {}
-        if t.rho == "drift":
-            n = min(t.drift_sample, len(ids_B))
-            sub = batch.select(torch.arange(n))
-            new = self.updater.logp(sub)
-            step_drift = float(
-                policy_drift(new, old_logp_BT[:n, : new.shape[1]], sub.completion_mask_BT)
-            )
-            self.spo.advance(step_drift)  # observe() reads D(x) from the clock and marks x
-            return {}, {"rho/step_drift": step_drift}
-        # replay: the reference code's estimator (one stored response per prompt)
-        d_B = np.zeros(len(ids_B), dtype=np.float32)
-        known = [i for i, pid in enumerate(ids_B) if pid in self.replay]
-        with torch.no_grad():
-            if known:
-                stored = [self.replay.get(int(ids_B[i])) for i in known]
-                old = pack(
-                    [self.prompt_tokens[ids_B[i]] for i in known],
-                    [s[0].tolist() for s in stored],
-                    pad_id=self.tokenizer.pad_token_id,
-                )
-                new = self.updater.logp(old)
-                stored_BT = torch.zeros_like(new)
-                for row, (_, lp) in enumerate(stored):
-                    stored_BT[row, : len(lp)] = torch.from_numpy(lp)
-                d_B[known] = replay_divergence(new, stored_BT, old.completion_mask_BT).numpy()
-            after = self.updater.logp(batch)
-        lengths = batch.completion_mask_BT.sum(1).tolist()
-        for row, pid in enumerate(ids_B):
-            n_tok = int(lengths[row])
-            self.replay.put(
-                int(pid),
-                np.asarray(rollouts.completion_ids[row], dtype=np.int32),
-                after[row, :n_tok].numpy().astype(np.float32),
-            )
-        return {"divergence": d_B}, {"rho/replay_bytes": float(self.replay.nbytes)}
-
-    def _step_metrics(
-        self,
-        reward_B,
-        baseline_B,
-        group_id_B,
-        adv_name,
-        ids,
-        scored,
-        rollouts,
-        train_stats,
-        rho_stats,
-        times,
-    ) -> dict[str, float]:
-        t_start, t_gen, t_score, t_train, t_end = times
-        raw_adv_B = reward_B - baseline_B
-        if self.algo.grouped:  # the group-mean baseline of the update itself
-            means = torch.zeros(int(group_id_B.max()) + 1).index_add_(0, group_id_B, reward_B)
-            raw_adv_B = reward_B - (means / torch.bincount(group_id_B).float())[group_id_B]
-        lengths = np.array([len(c) for c in rollouts.completion_ids])
-        values = self.tracker.value(ids)
-        counts = self.tracker.count(ids)
-        m = {
-            "samples": self.samples_seen,
-            "reward/mean": float(reward_B.mean()),
-            "reward/timeouts": scored.timeouts,
-            "reward/errors": scored.errors,
-            "adv/variance": float(advantage_variance(raw_adv_B)),
-            "adv/abs_le_1e-4": float(small_advantage_fraction(raw_adv_B, 1e-4)),
-            "adv/abs_le_0.02": float(small_advantage_fraction(raw_adv_B, 0.02)),
-            "tracker/value_mean": float(values.mean()),
-            "tracker/count_mean": float(counts.mean()),
-            "tracker/seen_fraction": float(self.tracker.seen_fraction()),
-            "completion/length_mean": float(lengths.mean()),
-            "completion/truncated_fraction": float(1 - np.mean(rollouts.finished)),
-            "time/generate": t_gen - t_start,
-            "time/score": t_score - t_gen,
-            "time/train": t_train - t_score,
-            "time/tracker": t_end - t_train,
-            "time/step": t_end - t_start,
-            "throughput/samples_per_s": len(reward_B) / (t_end - t_start),
-            "throughput/gen_tokens_per_s": float(lengths.sum()) / max(t_gen - t_start, 1e-9),
-            "wall_seconds": self.train_seconds,
-            **train_stats,
-            **rho_stats,
-        }
-        if self.algo.grouped:  # singleton "groups" of SPO would all count as degenerate
-            m["adv/degenerate_fraction"] = float(degenerate_fraction(reward_B, group_id_B))
-            m["adv/variance_nondegenerate"] = float(
-                advantage_variance(
-                    raw_adv_B, group_id_B, exclude_degenerate=True, reward_B=reward_B
-                )
-            )
-        return m
 
     # ---------------------------------------------------------------------- run
     def _on_signal(self, signum, _frame) -> None:

@@ -540,7 +540,7 @@ def test_replay_estimator_stores_each_response_and_discounts_revisits(
         trainer.train_step()
         ids_B = spy.prompt_index()
         for row, pid in enumerate(ids_B):
-            tokens, _ = trainer.replay.get(int(pid))
+            tokens, _ = trainer.rho.store.get(int(pid))
             assert tokens.tolist() == list(spy.rollouts.completion_ids[row])
         trainer.train_step()  # 16 + 16 draws of 24 prompts: at least 8 revisits
     finally:
