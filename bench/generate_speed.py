@@ -95,11 +95,11 @@ def matmul_flops(dtype: torch.dtype, m: int, k: int, n: int, reps: int = 10) -> 
     return 2 * m * k * n / best
 
 
-def hf_generate(model, tokenizer, prompt_ids, *, max_new_tokens, fixed, seed):
+def hf_generate(model, tokenizer, prompt_tokens, *, max_new_tokens, fixed, seed):
     pad = tokenizer.pad_token_id
-    P = max(len(p) for p in prompt_ids)
-    ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompt_ids])
-    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompt_ids])
+    P = max(len(p) for p in prompt_tokens)
+    ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompt_tokens])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompt_tokens])
     torch.manual_seed(seed)
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
@@ -121,13 +121,13 @@ def hf_generate(model, tokenizer, prompt_ids, *, max_new_tokens, fixed, seed):
     return seconds, cpu, tokens
 
 
-def engine_generate(engine, prompt_ids, *, fixed, seed):
+def engine_generate(engine, prompt_tokens, *, fixed, seed):
     saved = engine.eos_ids
     if fixed:
         engine.eos_ids = []  # benchmark only: decode every row to max_new_tokens
     try:
         t0, c0 = time.perf_counter(), time.process_time()
-        out = engine.generate(prompt_ids, seed=seed)
+        out = engine.generate(prompt_tokens, seed=seed)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         engine.eos_ids = saved
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model, tokenizer = load_policy(args.model, dtype="bfloat16")
     n_params = sum(p.numel() for p in model.parameters())
-    prompt_ids = encode_prompts(tokenizer, arithmetic_prompts(args.prompts, args.seed))
+    prompt_tokens = encode_prompts(tokenizer, arithmetic_prompts(args.prompts, args.seed))
 
     # The compute bound is the best bf16 matmul rate seen over a few shapes (best-of-N
     # timings: with other processes on the cores, any single shape can be unlucky).
@@ -222,10 +222,10 @@ def main(argv: list[str] | None = None) -> None:
         model, tokenizer, max_new_tokens=args.new_tokens, temperature=1.0, batch_size=args.prompts
     )
     t0 = time.perf_counter()
-    engine_generate(engine, prompt_ids[:2], fixed=False, seed=0)  # warm-up
+    engine_generate(engine, prompt_tokens[:2], fixed=False, seed=0)  # warm-up
     warmup_s = time.perf_counter() - t0
     if not args.skip_hf:
-        hf_generate(model, tokenizer, prompt_ids[:2], max_new_tokens=4, fixed=True, seed=0)
+        hf_generate(model, tokenizer, prompt_tokens[:2], max_new_tokens=4, fixed=True, seed=0)
 
     runs: dict[str, list[dict]] = {}
     sample = None
@@ -237,13 +237,13 @@ def main(argv: list[str] | None = None) -> None:
                 s, c, n = hf_generate(
                     model,
                     tokenizer,
-                    prompt_ids,
+                    prompt_tokens,
                     fixed=fixed,
                     seed=seed,
                     max_new_tokens=args.new_tokens,
                 )
                 record(runs, f"hf_{mode}", s, c, n)
-            s, c, n, out = engine_generate(engine, prompt_ids, fixed=fixed, seed=seed)
+            s, c, n, out = engine_generate(engine, prompt_tokens, fixed=fixed, seed=seed)
             record(runs, f"engine_{mode}", s, c, n)
             if fixed and sample is None:
                 sample = out
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     # Training-side log-probs on the sampled fixed-length sequences.
-    batch = pack(sample.prompt_ids, sample.completion_ids, pad_id=tokenizer.pad_token_id)
+    batch = pack(sample.prompt_tokens, sample.completion_ids, pad_id=tokenizer.pad_token_id)
     seq_tokens = int(batch.seq_len_B.sum())
     comp_tokens = int(batch.completion_mask_BT.sum())
     model.train()

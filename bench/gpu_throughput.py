@@ -99,7 +99,7 @@ def bench_hf(model, config, prompts, args) -> tuple[dict, object]:
 
 
 def bench_train(model, config, rollouts, args) -> dict:
-    batch = pack(rollouts.prompt_ids, rollouts.completion_ids, pad_id=config.pad_token_id)
+    batch = pack(rollouts.prompt_tokens, rollouts.completion_ids, pad_id=config.pad_token_id)
     optimizer = MasterWeightAdamW(list(model.parameters()), lr=1e-6)
     adv_B = torch.randn(len(batch), device=args.device)
 

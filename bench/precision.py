@@ -59,7 +59,7 @@ def _rollouts(args):
         )
     baseline_B = torch.full_like(reward_B, float(reward_B.mean()))
     adv_B = ADVANTAGES["spo"](reward_B, baseline_B=baseline_B, group_id_B=None)
-    batch = pack(rollouts.prompt_ids, rollouts.completion_ids, pad_id=tok.pad_token_id)
+    batch = pack(rollouts.prompt_tokens, rollouts.completion_ids, pad_id=tok.pad_token_id)
     return batch, adv_B, float(reward_B.mean())
 
 

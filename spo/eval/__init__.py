@@ -175,14 +175,14 @@ def generate_samples(
     examples = list(examples)
     E = len(examples)
     engine = _engine(policy, tokenizer, max_new_tokens, batch_size)
-    prompt_ids = encode_prompts(
+    prompt_tokens = encode_prompts(
         tokenizer, [ex.prompt for ex in examples], system_prompt=system_prompt
     )
     texts_EK: list[list[str]] = [[] for _ in range(E)]
     reward_EK = np.zeros((E, k))
     if k > 0 and E:
         sampled = SamplingSettings(temperature, top_p, max_new_tokens, n=k)
-        texts = engine.generate(prompt_ids, seed=seed, sampling=sampled).texts
+        texts = engine.generate(prompt_tokens, seed=seed, sampling=sampled).texts
         ex_rep = [ex for ex in examples for _ in range(k)]
         reward_EK = np.asarray(reward_pool(texts, ex_rep).reward_B, np.float64).reshape(E, k)
         texts_EK = [texts[i * k : (i + 1) * k] for i in range(E)]
@@ -193,7 +193,7 @@ def generate_samples(
     out = EvalSamples(texts_EK=texts_EK, reward_EK=reward_EK, answers_EK=answers_EK)
     if greedy and E:
         argmax = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
-        out.greedy_texts_E = engine.generate(prompt_ids, seed=seed, sampling=argmax).texts
+        out.greedy_texts_E = engine.generate(prompt_tokens, seed=seed, sampling=argmax).texts
         out.greedy_reward_E = np.asarray(
             reward_pool(out.greedy_texts_E, examples).reward_B, np.float64
         )

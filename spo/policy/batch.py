@@ -82,7 +82,7 @@ def _last_scored(mask_BT: Tensor) -> int:
 
 
 def pack(
-    prompt_ids: list[list[int]],
+    prompt_tokens: list[list[int]],
     completion_ids: list[list[int]],
     *,
     pad_id: int,
@@ -94,18 +94,18 @@ def pack(
     loss_mask: optional 0/1 per completion token (0 = tool output / template: context only);
     None = every completion token is generated and trained on.
     """
-    if len(prompt_ids) != len(completion_ids):
+    if len(prompt_tokens) != len(completion_ids):
         raise ValueError(
-            f"pack got {len(prompt_ids)} prompts but {len(completion_ids)} completions"
+            f"pack got {len(prompt_tokens)} prompts but {len(completion_ids)} completions"
         )
     if loss_mask is not None and [len(m) for m in loss_mask] != [len(c) for c in completion_ids]:
         raise ValueError("pack needs loss_mask to hold one entry per completion token")
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
-    if any(len(p) == 0 for p in prompt_ids):
+    if any(len(p) == 0 for p in prompt_tokens):
         raise ValueError("pack needs a non-empty prompt for every completion")
-    B = len(prompt_ids)
-    seq_len = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    B = len(prompt_tokens)
+    seq_len = [len(p) + len(c) for p, c in zip(prompt_tokens, completion_ids, strict=True)]
     L = max(seq_len, default=0)
     T = max((len(c) for c in completion_ids), default=0)
     input_ids_BL = torch.full((B, L), pad_id, dtype=torch.long)
@@ -115,7 +115,7 @@ def pack(
     completion_mask_BT = torch.zeros((B, T), dtype=torch.float32)
     seq_start_B = torch.zeros(B, dtype=torch.long)
     completion_start_B = torch.zeros(B, dtype=torch.long)
-    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+    for b, (p, c) in enumerate(zip(prompt_tokens, completion_ids, strict=True)):
         n = len(p) + len(c)
         start = 0 if padding_side == "right" else L - n
         input_ids_BL[b, start : start + n] = torch.tensor(list(p) + list(c), dtype=torch.long)

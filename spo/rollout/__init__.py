@@ -25,7 +25,7 @@ from torch import Tensor, nn
 class Rollouts:
     """Completions for a list of prompts, in the prompts' order."""
 
-    prompt_ids: list[list[int]]
+    prompt_tokens: list[list[int]]
     completion_ids: list[list[int]]  # generated ids, eos included when generated, no padding
     logp: list[Tensor]  # behaviour log-prob of each completion token, float32, (T_i,)
     finished: list[bool]  # ended with eos (False: stopped at max_new_tokens)
@@ -68,9 +68,9 @@ class SamplingSettings:
         mine = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(engine, **{k: v for k, v in mine.items() if v is not None})
 
-    def repeat(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+    def repeat(self, prompt_tokens: list[list[int]]) -> list[list[int]]:
         """Each prompt n times in a row: the rows an engine generates for these settings."""
-        return [p for p in prompt_ids for _ in range(self.n)]
+        return [p for p in prompt_tokens for _ in range(self.n)]
 
 
 class EngineError(ValueError):
@@ -79,10 +79,10 @@ class EngineError(ValueError):
 
 class RolloutEngine(Protocol):
     def generate(
-        self, prompt_ids: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
+        self, prompt_tokens: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
     ) -> Rollouts:
         """`sampling.n` (default 1) completions per prompt at `sampling`'s settings (None:
-        the engine's configured ones), deterministic given (weights, prompt_ids, seed,
+        the engine's configured ones), deterministic given (weights, prompt_tokens, seed,
         sampling)."""
         ...
 

@@ -69,32 +69,32 @@ class HFEngine:
             load_policy_weights(self.model, weights)
 
     def generate(
-        self, prompt_ids: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
+        self, prompt_tokens: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
     ) -> Rollouts:
         s = (sampling or SamplingSettings()).over(self.sampling)
-        prompt_ids = s.repeat(prompt_ids)
+        prompt_tokens = s.repeat(prompt_tokens)
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-        n = len(prompt_ids)
+        n = len(prompt_tokens)
         completion_ids: list[list[int]] = [[] for _ in range(n)]
         logp: list[Tensor] = [torch.zeros(0) for _ in range(n)]
         finished = [False] * n
-        order = sorted(range(n), key=lambda i: len(prompt_ids[i]))
+        order = sorted(range(n), key=lambda i: len(prompt_tokens[i]))
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
                 for lo in range(0, n, self.batch_size):
                     rows = order[lo : lo + self.batch_size]
-                    out = self._generate_batch([prompt_ids[i] for i in rows], generator, s)
+                    out = self._generate_batch([prompt_tokens[i] for i in rows], generator, s)
                     for i, (ids, lp, done) in zip(rows, out, strict=True):
                         completion_ids[i], logp[i], finished[i] = ids, lp, done
         finally:
             self.model.train(was_training)
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         return Rollouts(
-            prompt_ids=[list(p) for p in prompt_ids],
+            prompt_tokens=[list(p) for p in prompt_tokens],
             completion_ids=completion_ids,
             logp=logp,
             finished=finished,

@@ -87,9 +87,9 @@ class RolloutWorker:
         )
 
     def generate(
-        self, prompt_ids: list[list[int]], seed: int, sampling: SamplingSettings | None = None
+        self, prompt_tokens: list[list[int]], seed: int, sampling: SamplingSettings | None = None
     ) -> Rollouts:
-        return self.engine.generate(prompt_ids, seed=seed, sampling=sampling)
+        return self.engine.generate(prompt_tokens, seed=seed, sampling=sampling)
 
     def sync_weights(self, weights: Mapping[str, Tensor]) -> None:
         self.engine.sync_weights(weights)
@@ -110,11 +110,11 @@ class RayEngine:
         ]
 
     def generate(
-        self, prompt_ids: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
+        self, prompt_tokens: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
     ) -> Rollouts:
-        bounds = shard_bounds(len(prompt_ids), len(self.workers))
+        bounds = shard_bounds(len(prompt_tokens), len(self.workers))
         futures = [
-            self.workers[k].generate.remote(prompt_ids[lo:hi], shard_seed(seed, k), sampling)
+            self.workers[k].generate.remote(prompt_tokens[lo:hi], shard_seed(seed, k), sampling)
             for k, (lo, hi) in enumerate(bounds)
         ]
         return concat_rollouts(self.ray.get(futures))

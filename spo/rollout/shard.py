@@ -36,7 +36,7 @@ def shard_seed(seed: int, k: int) -> int:
 
 def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
     return Rollouts(
-        prompt_ids=[p for r in parts for p in r.prompt_ids],
+        prompt_tokens=[p for r in parts for p in r.prompt_tokens],
         completion_ids=[c for r in parts for c in r.completion_ids],
         logp=[lp for r in parts for lp in r.logp],
         finished=[f for r in parts for f in r.finished],
@@ -52,11 +52,11 @@ class ShardedEngine:
         self.shards = shards
 
     def generate(
-        self, prompt_ids: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
+        self, prompt_tokens: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
     ) -> Rollouts:
         parts = [
-            self.engine.generate(prompt_ids[lo:hi], seed=shard_seed(seed, k), sampling=sampling)
-            for k, (lo, hi) in enumerate(shard_bounds(len(prompt_ids), self.shards))
+            self.engine.generate(prompt_tokens[lo:hi], seed=shard_seed(seed, k), sampling=sampling)
+            for k, (lo, hi) in enumerate(shard_bounds(len(prompt_tokens), self.shards))
         ]
         return concat_rollouts(parts)
 

@@ -128,12 +128,12 @@ class VLLMEngine:
         )
 
     def generate(
-        self, prompt_ids: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
+        self, prompt_tokens: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
     ) -> Rollouts:
         sampling = sampling or SamplingSettings()
-        prompt_ids = sampling.repeat(prompt_ids)  # n rows per prompt, a seed each
-        n = len(prompt_ids)
-        prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
+        prompt_tokens = sampling.repeat(prompt_tokens)  # n rows per prompt, a seed each
+        n = len(prompt_tokens)
+        prompts = [{"prompt_token_ids": list(p)} for p in prompt_tokens]
         params = [self.sampling_params(s, sampling) for s in prompt_seeds(seed, n)]
         kwargs = {"use_tqdm": False}
         if self.lora_request is not None:
@@ -152,7 +152,7 @@ class VLLMEngine:
             logp.append(torch.tensor(lp, dtype=torch.float32))
             finished.append(c.finish_reason == "stop")
         return Rollouts(
-            prompt_ids=[list(p) for p in prompt_ids],
+            prompt_tokens=[list(p) for p in prompt_tokens],
             completion_ids=completion_ids,
             logp=logp,
             finished=finished,

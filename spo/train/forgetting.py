@@ -4,8 +4,8 @@ The math is `spo.algo.forgetting` (spo-spec.md §2); this module feeds it the tr
 policy. Every estimator answers once per step, after the policy update and before the
 tracker absorbs the step's rewards:
 
-    rho_kw, stats = estimator.step(ids_B, batch, rollouts, old_logp_BT)
-    spo.observe(ids_B, reward_B, step=step, **rho_kw)
+    rho_kw, stats = estimator.step(prompt_idx_B, batch, rollouts, old_logp_BT)
+    spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)
 
 `rho_kw` are `SPOState.observe` arguments (`rho=` or `divergence=`, or none: the drift
 clock), `stats` the estimator's step metrics (`rho/...`). Each estimator checkpoints only
@@ -44,7 +44,7 @@ class Scorer(Protocol):  # the trainer's updater (local or the Ray trainer group
 class RhoEstimator(Protocol):
     key: str | None  # checkpoint key of its state; None = stateless
 
-    def step(self, ids_B, batch, rollouts, old_logp_BT) -> tuple[dict, dict[str, float]]: ...
+    def step(self, prompt_idx_B, batch, rollouts, old_logp_BT) -> tuple[dict, dict[str, float]]: ...
 
     def state_dict(self) -> dict: ...
 
@@ -59,7 +59,7 @@ class ConstantRho:
     def __init__(self, rho: float):
         self.rho = rho
 
-    def step(self, ids_B, batch, rollouts, old_logp_BT) -> tuple[dict, dict[str, float]]:
+    def step(self, prompt_idx_B, batch, rollouts, old_logp_BT) -> tuple[dict, dict[str, float]]:
         return {"rho": self.rho}, {}
 
     def state_dict(self) -> dict:
@@ -78,8 +78,8 @@ class DriftRho:
     def __init__(self, spo: SPOState, scorer: Scorer, sample: int):
         self.spo, self.scorer, self.sample = spo, scorer, sample
 
-    def step(self, ids_B, batch, rollouts, old_logp_BT) -> tuple[dict, dict[str, float]]:
-        n = min(self.sample, len(ids_B))
+    def step(self, prompt_idx_B, batch, rollouts, old_logp_BT) -> tuple[dict, dict[str, float]]:
+        n = min(self.sample, len(prompt_idx_B))
         sub = batch.select(torch.arange(n))
         new = self.scorer.logp(sub)
         step_drift = float(
@@ -105,14 +105,14 @@ class ReplayRho:
         self.scorer, self.prompt_tokens, self.pad_id = scorer, prompt_tokens, pad_id
         self.store = ReplayStore()
 
-    def step(self, ids_B, batch, rollouts, old_logp_BT) -> tuple[dict, dict[str, float]]:
-        d_B = np.zeros(len(ids_B), dtype=np.float32)
-        known = [i for i, pid in enumerate(ids_B) if pid in self.store]
+    def step(self, prompt_idx_B, batch, rollouts, old_logp_BT) -> tuple[dict, dict[str, float]]:
+        d_B = np.zeros(len(prompt_idx_B), dtype=np.float32)
+        known = [i for i, idx in enumerate(prompt_idx_B) if idx in self.store]
         with torch.no_grad():
             if known:
-                stored = [self.store.get(int(ids_B[i])) for i in known]
+                stored = [self.store.get(int(prompt_idx_B[i])) for i in known]
                 old = pack(
-                    [self.prompt_tokens[ids_B[i]] for i in known],
+                    [self.prompt_tokens[prompt_idx_B[i]] for i in known],
                     [s[0].tolist() for s in stored],
                     pad_id=self.pad_id,
                 )
@@ -123,10 +123,10 @@ class ReplayRho:
                 d_B[known] = replay_divergence(new, stored_BT, old.completion_mask_BT).numpy()
             after = self.scorer.logp(batch)
         lengths = batch.completion_mask_BT.sum(1).tolist()
-        for row, pid in enumerate(ids_B):
+        for row, idx in enumerate(prompt_idx_B):
             n_tok = int(lengths[row])
             self.store.put(
-                int(pid),
+                int(idx),
                 np.asarray(rollouts.completion_ids[row], dtype=np.int32),
                 after[row, :n_tok].numpy().astype(np.float32),
             )

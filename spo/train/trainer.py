@@ -1,13 +1,13 @@
 """The training loop: SPO and the group baselines in one linear harness.
 
 One step (design.md):
-    ids      = sampler.draw(tracker.values(), prompts_per_step)    # prioritised for SPO
-    rollouts = engine.generate(prompts[ids] × responses_per_prompt, seed=f(seed, step))
+    idx      = sampler.draw(tracker.values(), prompts_per_step)    # prioritised for SPO
+    rollouts = engine.generate(prompts[idx] × responses_per_prompt, seed=f(seed, step))
     reward   = reward_pool(rollouts)                                # isolated, time-limited
-    adv      = ADVANTAGES[algo](reward, baseline=tracker.value(ids) (pre-update), groups)
+    adv      = ADVANTAGES[algo](reward, baseline=tracker.value(idx) (pre-update), groups)
     for mini-batch: optimizer.step(ppo_clip_loss(...))
-    rho      = estimator.step(ids, policy before/after)             # drift | replay | constant
-    tracker.update(ids, reward, rho)                                 # after the policy update
+    rho      = estimator.step(idx, policy before/after)             # drift | replay | constant
+    tracker.update(idx, reward, rho)                                 # after the policy update
 
 The algorithm is data (`ALGORITHMS`): GRPO differs from SPO only by responses per prompt,
 advantage function and sampler mode. Fairness is structural: every algorithm generates
@@ -237,7 +237,7 @@ class Trainer:
 
         def score(samples):
             return self.rewards(
-                [s.final_text for s in samples], [examples[s.prompt] for s in samples]
+                [s.final_text for s in samples], [examples[s.prompt_idx] for s in samples]
             )
 
         def draw(k, eligible):
@@ -267,18 +267,18 @@ class Trainer:
         )
 
     def _init_offline(self, path: str) -> None:
-        ids = [ex.id for ex in self.train_examples]
-        idx, successes, trials = load_values(path, ids)
-        if len(idx) == 0:
+        prompt_ids = [ex.id for ex in self.train_examples]
+        prompt_idx, successes, trials = load_values(path, prompt_ids)
+        if len(prompt_idx) == 0:
             raise TrainError(
                 f"values file {path!r} shares no prompt id with task "
                 f"{self.cfg.task.name!r}; rerun `spo init-values` for this task"
             )
-        self.tracker.init_from_counts(idx, successes, trials)
-        missing = len(ids) - len(idx)
+        self.tracker.init_from_counts(prompt_idx, successes, trials)
+        missing = len(prompt_ids) - len(prompt_idx)
         if missing:
             print(
-                f"offline init: {missing} of {len(ids)} prompts not in {path}; they start "
+                f"offline init: {missing} of {len(prompt_ids)} prompts not in {path}; they start "
                 "at the prior"
             )
 
@@ -312,8 +312,8 @@ class Trainer:
 
     def _load_state(self, path: Path) -> None:
         state = ckpt.read_state(path)
-        ids = [str(x) for x in state["prompt_ids"]]
-        if ids != [ex.id for ex in self.train_examples]:
+        prompt_ids = [str(x) for x in state["prompt_ids"]]
+        if prompt_ids != [ex.id for ex in self.train_examples]:
             raise TrainError(
                 f"checkpoint {path} was trained on different prompts than task "
                 f"{self.cfg.task.name!r} gives now; resume with the run's task "
@@ -349,22 +349,27 @@ class Trainer:
                 "samples_per_step"
             )
         if self.scheduler is None:  # synchronous: this step's batch, generated now
-            ids = np.asarray(self.spo.select(prompts_per_step), dtype=np.int64)
-            ids_B = np.repeat(ids, group)
+            prompt_idx = np.asarray(self.spo.select(prompts_per_step), dtype=np.int64)
+            prompt_idx_B = np.repeat(prompt_idx, group)
             group_id_B = torch.from_numpy(np.repeat(np.arange(prompts_per_step), group))
             rollouts = self.engine.generate(
-                [self.prompt_tokens[i] for i in ids_B], seed=_step_seed(cfg.seed, step, 0)
+                [self.prompt_tokens[i] for i in prompt_idx_B], seed=_step_seed(cfg.seed, step, 0)
             )
             t_gen = time.perf_counter()
-            scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in ids_B])
+            scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in prompt_idx_B])
             loss_mask, stale_B, rollout_stats = None, None, {}
         else:  # the first finished samples of the in-flight pool, already scored
             fb = self.scheduler.next_batch(self.step)
-            ids_B, group_id_B, rollouts, scored = fb.prompt_B, fb.group_id_B, fb.rollouts, fb.reward
-            ids = np.array(list(dict.fromkeys(ids_B.tolist())), dtype=np.int64)
+            prompt_idx_B, group_id_B, rollouts, scored = (
+                fb.prompt_idx_B,
+                fb.group_id_B,
+                fb.rollouts,
+                fb.reward,
+            )
+            prompt_idx = np.array(list(dict.fromkeys(prompt_idx_B.tolist())), dtype=np.int64)
             loss_mask, stale_B, rollout_stats = fb.loss_mask, fb.stale_B, fb.stats
             t_gen = time.perf_counter()
-        self.last_prompt_ids = ids
+        self.last_prompt_idx = prompt_idx
         reward_B = torch.from_numpy(np.asarray(scored.reward_B, dtype=np.float32))
         t_score = time.perf_counter()
 
@@ -373,12 +378,12 @@ class Trainer:
             adv_name, baseline_B = self.algo.without_baseline, torch.zeros_like(reward_B)
         else:
             adv_name = self.algo.advantage
-            baseline_B = torch.from_numpy(self.spo.baseline(ids_B).astype(np.float32))
+            baseline_B = torch.from_numpy(self.spo.baseline(prompt_idx_B).astype(np.float32))
         adv_B = ADVANTAGES[adv_name](reward_B, baseline_B=baseline_B, group_id_B=group_id_B)
-        self._keep_samples(step, ids_B, rollouts.texts, reward_B, adv_B)  # v̂ before update
+        self._keep_samples(step, prompt_idx_B, rollouts.texts, reward_B, adv_B)  # v̂ before update
 
         batch = pack(
-            rollouts.prompt_ids,
+            rollouts.prompt_tokens,
             rollouts.completion_ids,
             pad_id=self.tokenizer.pad_token_id,
             loss_mask=loss_mask,
@@ -388,20 +393,20 @@ class Trainer:
         self.engine.sync_weights(self.model)
         t_train = time.perf_counter()
 
-        rho_kw, rho_stats = self.rho.step(ids_B, batch, rollouts, old_logp_BT)
-        self.spo.observe(ids_B, reward_B, step=step, **rho_kw)
+        rho_kw, rho_stats = self.rho.step(prompt_idx_B, batch, rollouts, old_logp_BT)
+        self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)
         if step % TRIM_EVERY == 0:  # freed activations back to the OS (spo.train.heap)
             trim_heap()
         t_end = time.perf_counter()
 
         self.step = step
-        self.samples_seen += len(ids_B)
+        self.samples_seen += len(prompt_idx_B)
         self.train_seconds += t_end - t_start
         record = StepRecord(
             reward_B=reward_B,
             baseline_B=baseline_B,
             group_id_B=group_id_B,
-            prompts=ids,
+            prompts=prompt_idx,
             scored=scored,
             rollouts=rollouts,
             times=StepTimes(t_start, t_gen, t_score, t_train, t_end),
@@ -422,10 +427,10 @@ class Trainer:
         """PPO-clip updates (`spo.train.update.ppo_update`, here or in the trainer group);
         returns stats and the pre-update log-probs (needed by the drift/replay estimators).
         Behaviour log-probs go along for stale async rows and loss.tis_cap."""
-        behaviour_BT = None
+        behaviour_logp_BT = None
         if self.cfg.loss.tis_cap or stale_B is not None:
-            behaviour_BT = pad_logp(rollouts.logp, batch.completion_mask_BT.shape[1])
-        return self.updater.update(batch, adv_B, behaviour_BT, stale_B)
+            behaviour_logp_BT = pad_logp(rollouts.logp, batch.completion_mask_BT.shape[1])
+        return self.updater.update(batch, adv_B, behaviour_logp_BT, stale_B)
 
     # ---------------------------------------------------------------------- run
     def _on_signal(self, signum, _frame) -> None:
@@ -434,16 +439,16 @@ class Trainer:
         self._stop_requested = True
         print(f"\n{signal.Signals(signum).name}: finishing this step, checkpointing, exiting")
 
-    def _keep_samples(self, step: int, ids_B, texts: list[str], reward_B, adv_B) -> None:
+    def _keep_samples(self, step: int, prompt_idx_B, texts: list[str], reward_B, adv_B) -> None:
         """samples.jsonl rows of this step at evenly spaced batch positions, with v̂ read
         now (before the tracker absorbs this step); written once the step is logged."""
         rows = sample_positions(len(texts), self.cfg.log.samples_per_step)
-        value_R = self.spo.baseline(np.asarray(ids_B)[rows]) if rows else []
+        value_R = self.spo.baseline(np.asarray(prompt_idx_B)[rows]) if rows else []
         self._samples = [
             sample_row(
                 step,
                 "train",
-                self.train_examples[int(ids_B[i])],
+                self.train_examples[int(prompt_idx_B[i])],
                 texts[i],
                 reward_B[i],
                 advantage=adv_B[i],

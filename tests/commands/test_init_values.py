@@ -25,9 +25,9 @@ def test_init_values_uses_the_configured_engine(tiny_model_dir, tmp_path, monkey
         engine = make_engine(cfg, *args, **kwargs)
         generate = engine.generate
 
-        def recorded(prompt_ids, *, seed, sampling=None):
-            out = generate(prompt_ids, seed=seed, sampling=sampling)
-            calls.append((len(prompt_ids), sampling, len(out)))
+        def recorded(prompt_tokens, *, seed, sampling=None):
+            out = generate(prompt_tokens, seed=seed, sampling=sampling)
+            calls.append((len(prompt_tokens), sampling, len(out)))
             return out
 
         engine.generate = recorded

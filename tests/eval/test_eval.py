@@ -361,9 +361,9 @@ class Recording:
     def __init__(self, engine):
         self.engine, self.calls = engine, []
 
-    def generate(self, prompt_ids, *, seed, sampling=None):
-        self.calls.append((len(prompt_ids), seed, sampling))
-        return self.engine.generate(prompt_ids, seed=seed, sampling=sampling)
+    def generate(self, prompt_tokens, *, seed, sampling=None):
+        self.calls.append((len(prompt_tokens), seed, sampling))
+        return self.engine.generate(prompt_tokens, seed=seed, sampling=sampling)
 
     def sync_weights(self, policy):
         self.engine.sync_weights(policy)

@@ -128,7 +128,7 @@ def test_max_new_tokens_and_n_are_respected(policy, prompts):
     many = engine.generate(prompts[:3], seed=4, sampling=SamplingSettings(n=4, max_new_tokens=5))
     repeated = [p for p in prompts[:3] for _ in range(4)]
     want = engine.generate(repeated, seed=4, sampling=SamplingSettings(max_new_tokens=5))
-    assert len(many) == 12 and many.prompt_ids == repeated
+    assert len(many) == 12 and many.prompt_tokens == repeated
     assert many.completion_ids == want.completion_ids
     assert len({tuple(c) for c in many.completion_ids[:4]}) > 1  # n samples, not n copies
 

@@ -135,7 +135,7 @@ def test_request_and_rollouts(tiny_model_dir, policy, fake_vllm):
             "max_tokens": 6,
             "logprobs": 0,
         }
-    assert out.prompt_ids == prompts and len(out) == 3
+    assert out.prompt_tokens == prompts and len(out) == 3
     for ids, lp, done, text in zip(
         out.completion_ids, out.logp, out.finished, out.texts, strict=True
     ):
@@ -166,7 +166,7 @@ def test_per_call_settings_become_the_sampling_params(tiny_model_dir, policy, fa
             "max_tokens": 3,
             "logprobs": 0,
         }
-    assert len(out) == 6 and out.prompt_ids == [p for p in prompts for _ in range(3)]
+    assert len(out) == 6 and out.prompt_tokens == [p for p in prompts for _ in range(3)]
     assert max(len(c) for c in out.completion_ids) <= 3
     engine.generate(prompts, seed=5, sampling=SamplingSettings(top_p=0.5))
     for p in llm.generate_calls[-1][1]:

@@ -65,7 +65,7 @@ def test_vllm_logprobs_match_the_trainer(engine, gpu_model_dir):
     a = engine.generate(prompts, seed=1)
     b = engine.generate(prompts, seed=1)
     assert a.completion_ids == b.completion_ids  # per-prompt seeds: reproducible
-    batch = pack(a.prompt_ids, a.completion_ids, pad_id=tokenizer.pad_token_id)
+    batch = pack(a.prompt_tokens, a.completion_ids, pad_id=tokenizer.pad_token_id)
     with torch.no_grad():
         train_BT = completion_logp(model, batch).cpu()
     mask = batch.completion_mask_BT > 0

@@ -131,3 +131,17 @@ def test_estimators_round_trip_their_state_and_reject_an_unknown_mode():
             rho_constant=0.9,
             drift_sample=2,
         )
+
+
+def test_replay_store_loads_the_old_key_name():
+    """Checkpoints written before the rename store the prompt indices under "prompt"."""
+    store = ReplayStore()
+    store.put(3, np.array([5, 6, 7]), np.array([-0.5, -0.25, -1.0]))
+    store.put(1, np.array([9]), np.array([-2.0]))
+    new = store.state_dict()
+    assert "prompt_idx" in new and "prompt" not in new
+    old = {("prompt" if k == "prompt_idx" else k): v for k, v in new.items()}
+    loaded = ReplayStore()
+    loaded.load_state_dict(old)
+    _assert_same(loaded.state_dict(), new)
+    assert 3 in loaded and 1 in loaded and 2 not in loaded

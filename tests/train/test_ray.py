@@ -22,8 +22,8 @@ def _run(cfg):
     completions, prompts, rewards = [], [], []
     generate = trainer.engine.generate
 
-    def recorded(prompt_ids, *, seed, sampling=None):
-        out = generate(prompt_ids, seed=seed, sampling=sampling)
+    def recorded(prompt_tokens, *, seed, sampling=None):
+        out = generate(prompt_tokens, seed=seed, sampling=sampling)
         completions.append(out.completion_ids)
         return out
 
@@ -31,7 +31,7 @@ def _run(cfg):
     try:
         for _ in range(cfg.steps):
             metrics = trainer.train_step()
-            prompts.append(trainer.last_prompt_ids.tolist())
+            prompts.append(trainer.last_prompt_idx.tolist())
             rewards.append(metrics["reward/mean"])
         evaluated = trainer.evaluate(k=2)  # greedy + 2 samples per prompt, on the actors
     finally:

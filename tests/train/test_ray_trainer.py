@@ -177,7 +177,7 @@ def _run(cfg):
     try:
         while trainer.step < cfg.steps:
             metrics = trainer.train_step()
-            prompts.append(trainer.last_prompt_ids.tolist())
+            prompts.append(trainer.last_prompt_idx.tolist())
             rewards.append(metrics["reward/mean"])
             norms.append(metrics["train/grad_norm"])
             trainer.save_checkpoint()
