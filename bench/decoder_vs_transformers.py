@@ -302,12 +302,17 @@ def measure_shape(bench: Bench, name: str, shape: dict, prompt_sets, arms, repea
                 "first_call_s": c["first_call_s"],
                 "overhead_s": c["warmup_overhead_s"],
                 "saved_per_call_vs_hf_dynamic_s": round(saved, 2),
+                # None: never (not faster per call), or nothing to amortise (a graph
+                # compiled for an earlier shape of the same cache size was reused)
                 "calls_to_amortise_vs_hf_dynamic": (
-                    round(c["warmup_overhead_s"] / saved, 1) if saved > 0 else None
+                    round(c["warmup_overhead_s"] / saved, 1)
+                    if saved > 0 and c["warmup_overhead_s"] > 0
+                    else None
                 ),
                 "calls_to_amortise_vs_ours": (
                     None
                     if c["median_seconds"] >= result["arms"]["ours"]["median_seconds"]
+                    or c["warmup_overhead_s"] <= 0
                     else round(
                         c["warmup_overhead_s"]
                         / (result["arms"]["ours"]["median_seconds"] - c["median_seconds"]),
@@ -406,6 +411,10 @@ def markdown(res: dict) -> str:
             c = s["compile"]
             vs_hf = c["calls_to_amortise_vs_hf_dynamic"]
             vs_ours = c["calls_to_amortise_vs_ours"]
+            if c["overhead_s"] <= 0:
+                lines += ["", "No compile warm-up at this shape: the graph compiled for an "
+                          "earlier shape with the same cache size was reused.", ""]  # fmt: skip
+                continue
             lines += [
                 "",
                 f"Compile warm-up: first compiled call {c['first_call_s']:.0f} s, "
