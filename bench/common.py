@@ -12,6 +12,7 @@
   writes its JSON result to the `--child-out` path it is given (and may work in
   `--child-dir`); returns that JSON, the child's peak RSS (from the kernel's accounting
   of the finished child, `wait4`) and the load average before and after.
+- `best_matmul_s(dtype, m, k, n)`: the fastest of N timed matmuls (the compute bound);
 - `command(script, argv)`: the command line that reproduces a result, for its JSON;
   `write_json(path, obj)`: create the folder and write.
 
