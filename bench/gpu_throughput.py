@@ -23,22 +23,18 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import command, machine, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from spo.policy.batch import pack  # noqa: E402
-from spo.policy.logprobs import completion_logp  # noqa: E402
-from spo.rollout.hf import HFEngine  # noqa: E402
-from spo.train.optim import MasterWeightAdamW  # noqa: E402
+from spo.policy.batch import pack
+from spo.policy.logprobs import completion_logp
+from spo.rollout.hf import HFEngine
+from spo.train.optim import MasterWeightAdamW
 
 CONFIG = Path(__file__).with_name("smollm2_135m_config.json")
 TINY = {"hidden_size": 72, "intermediate_size": 144, "num_hidden_layers": 2, "head_dim": 8}
@@ -201,12 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     prompts = prompts.tolist()
     hf, rollouts = bench_hf(model, config, prompts, args)
     result = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "command": command(__file__, argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-            "python": platform.python_version(),
-            "torch": torch.__version__,
+            **machine("python", "torch"),
             "cpu_threads": torch.get_num_threads(),
         },
         "model": {
@@ -224,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_update": bench_train(model, config, rollouts, args),
         "vllm": {"skipped": "--no-vllm"} if args.no_vllm else bench_vllm(model, prompts, args),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("hf_engine", "train_update", "vllm")}, indent=1))
     return 0
 

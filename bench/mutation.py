@@ -35,8 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, ROOT, write_json
+
 TESTS = [
     "tests/train/test_wiring.py",
     "tests/train/test_trainer.py",
@@ -372,8 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    write_json(path, result, ensure_ascii=False)
     print(f"wrote {path}")
 
 

@@ -25,16 +25,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, load_avgs, machine, write_json
 
 
 def _rollouts(args):
@@ -167,18 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "precision",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine("cpu_count", "platform", "torch"),
+        "load_avg": load_avgs(),
         "settings": vars(args) | {"reward_mean": reward_mean},
         "arms": arms,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = write_json(args.out, result)
     lines = [
         "# bf16 + fp32 master weights vs fp32 (issue 6)",
         "",

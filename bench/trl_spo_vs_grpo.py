@@ -27,13 +27,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, load_avgs, machine
+
 OUT = ROOT / "docs" / "results" / "trl_spo_vs_grpo.json"
 REPORT = ROOT / "docs" / "results" / "trl_spo_vs_grpo.md"
 SETTINGS = {
@@ -170,7 +170,7 @@ def run_arm(arm: str, seed: int, steps: int, before: dict | None = None) -> dict
         "zero_advantage_share": statistics.mean(zero),
         "zero_advantage_by_step": zero,
         "reward_by_step": [h["reward"] for h in logs],
-        "load_avg_at_end": list(os.getloadavg()),
+        "load_avg_at_end": load_avgs(),
     }
     if arm == "spo":
         result["spo_abs_adv_le_1e-4"] = statistics.mean(
@@ -292,6 +292,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     SETTINGS["eval_prompts"] = args.eval_prompts
     data = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    m = machine("platform", "cpu_count", "torch")
     data.update(
         command="bash bench/trl_spo_vs_grpo.sh"
         if args.merge
@@ -299,7 +300,7 @@ def main(argv=None) -> int:
         f"--seeds {args.seeds} --steps {args.steps} --threads {args.threads} "
         f"--eval-prompts {args.eval_prompts}",
         trl=trl.__version__,
-        machine=f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        machine=f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
         f"{args.threads} threads",
         settings=SETTINGS,
     )
