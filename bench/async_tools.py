@@ -32,21 +32,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import datetime as dt
 import json
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import RESULTS, command, machine, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from spo.train.config import load_config  # noqa: E402
-from spo.train.trainer import Trainer  # noqa: E402
-from tests.conftest import build_tiny_model  # noqa: E402
+from spo.train.config import load_config
+from spo.train.trainer import Trainer
+from tests.conftest import build_tiny_model
 
 ARMS = {
     "sync_grpo": {"algo": "grpo", "rollout.mode": "sync"},
@@ -159,7 +155,7 @@ def main() -> None:
     p.add_argument("--straggler-mult", type=float, default=10.0)
     p.add_argument("--tool-workers", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "bench/results/async_tools.json"))
+    p.add_argument("--out", default=str(RESULTS / "async_tools.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
     results = {}
@@ -182,21 +178,13 @@ def main() -> None:
     )
     out = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpus": os.cpu_count(),
-            "load_avg_1m_at_end": os.getloadavg()[0],
-            "torch": torch.__version__,
-        },
-        "command": "python bench/async_tools.py " + " ".join(sys.argv[1:]),
+        "machine": machine("platform", "processor", "cpus", "load_avg_1m_at_end", "torch"),
+        "command": command(__file__),
         "settings": vars(args) | {"model": "tiny random Llama (tests/conftest.py)"},
         "results": results,
         "ratios": ratios,
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
+    path = write_json(args.out, out)
     path.with_suffix(".md").write_text(markdown(out))
     print(f"wrote {path} and {path.with_suffix('.md')}")
 

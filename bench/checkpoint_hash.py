@@ -17,7 +17,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,10 +24,9 @@ import time
 import zlib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, command, load_avg, machine, write_json
 
-from spo.train.checkpoint import file_digest  # noqa: E402
+from spo.train.checkpoint import file_digest
 
 CHUNK = 1 << 20
 
@@ -55,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=float, default=270.0, help="file size in MB (default 270)")
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--out", default=str(ROOT / "bench/results/checkpoint_hash.json"))
+    p.add_argument("--out", default=str(RESULTS / "checkpoint_hash.json"))
     args = p.parse_args(argv)
     size = int(args.mb * 1e6)
-    load_start = os.getloadavg()[0]
+    load_start = load_avg()
     times: dict[str, list[float]] = {"xxh3_64": [], "crc32": [], "blake2b": []}
     fns = {"xxh3_64": file_digest, "crc32": crc32, "blake2b": blake2b}
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,24 +74,24 @@ def main(argv: list[str] | None = None) -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {
         "what": "checksum time of a file the size of the 135M model (page cache, median)",
-        "command": "python bench/checkpoint_hash.py " + " ".join(argv or sys.argv[1:]),
+        "command": command(__file__, argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_1m_at_start": load_start,
-            "load_avg_1m_at_end": os.getloadavg()[0],
-            "note": "2-core machine shared with other jobs: absolute times are noisy; "
+        "machine": machine(
+            "platform",
+            "cpu_count",
+            "python",
+            load_avg_1m_at_start=load_start,
+            load_avg_1m_at_end=load_avg(),
+            note="2-core machine shared with other jobs: absolute times are noisy; "
             "the ratios come from one interleaved run",
-        },
+        ),
         "bytes": size,
         "median_seconds": {k: round(v, 4) for k, v in med.items()},
         "gb_per_s": {k: round(size / v / 1e9, 2) for k, v in med.items()},
         "ratio_to_xxh3": {k: round(v / med["xxh3_64"], 2) for k, v in med.items()},
         "all_seconds": {k: [round(x, 4) for x in v] for k, v in times.items()},
     }
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_json(args.out, out)
     print(json.dumps(out["median_seconds"]), json.dumps(out["ratio_to_xxh3"]))
     print(f"wrote {args.out}")
     return 0

@@ -36,22 +36,27 @@ import os
 import spo  # noqa: F401  (before torch loads libgomp)
 
 import argparse
-import contextlib
 import datetime as dt
 import json
-import platform
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
-import transformers
 
-from spo.logprobs import completion_logp
-from spo.models import DEFAULT_MODEL, encode_prompts, load_policy
-from spo.rollout.batch import pack
+from common import (
+    best_matmul_s,
+    command,
+    hwm_mib,
+    load_avg,
+    machine,
+    reset_peak_rss,
+    rss_mib,
+    write_json,
+)
+from spo.policy.logprobs import completion_logp
+from spo.policy.models import DEFAULT_MODEL, encode_prompts, load_policy
+from spo.policy.batch import pack
 from spo.rollout.hf import HFEngine
 
 
@@ -66,40 +71,15 @@ def arithmetic_prompts(n: int, seed: int) -> list[str]:
     return out
 
 
-def peak_rss_reset() -> None:
-    # Linux: writing 5 to clear_refs resets VmHWM, so each measurement gets its own peak.
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def status_mb(key: str) -> float:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def load_avg() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def matmul_flops(dtype: torch.dtype, m: int, k: int, n: int, reps: int = 10) -> float:
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * m * k * n / best
+    return 2 * m * k * n / best_matmul_s(dtype, m, k, n, reps=reps)
 
 
-def hf_generate(model, tokenizer, prompt_ids, *, max_new_tokens, fixed, seed):
+def hf_generate(model, tokenizer, prompt_tokens, *, max_new_tokens, fixed, seed):
     pad = tokenizer.pad_token_id
-    P = max(len(p) for p in prompt_ids)
-    ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompt_ids])
-    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompt_ids])
+    P = max(len(p) for p in prompt_tokens)
+    ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompt_tokens])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompt_tokens])
     torch.manual_seed(seed)
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
@@ -121,13 +101,13 @@ def hf_generate(model, tokenizer, prompt_ids, *, max_new_tokens, fixed, seed):
     return seconds, cpu, tokens
 
 
-def engine_generate(engine, prompt_ids, *, fixed, seed):
+def engine_generate(engine, prompt_tokens, *, fixed, seed):
     saved = engine.eos_ids
     if fixed:
         engine.eos_ids = []  # benchmark only: decode every row to max_new_tokens
     try:
         t0, c0 = time.perf_counter(), time.process_time()
-        out = engine.generate(prompt_ids, seed=seed)
+        out = engine.generate(prompt_tokens, seed=seed)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         engine.eos_ids = saved
@@ -196,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model, tokenizer = load_policy(args.model, dtype="bfloat16")
     n_params = sum(p.numel() for p in model.parameters())
-    prompt_ids = encode_prompts(tokenizer, arithmetic_prompts(args.prompts, args.seed))
+    prompt_tokens = encode_prompts(tokenizer, arithmetic_prompts(args.prompts, args.seed))
 
     # The compute bound is the best bf16 matmul rate seen over a few shapes (best-of-N
     # timings: with other processes on the cores, any single shape can be unlucky).
@@ -222,10 +202,10 @@ def main(argv: list[str] | None = None) -> None:
         model, tokenizer, max_new_tokens=args.new_tokens, temperature=1.0, batch_size=args.prompts
     )
     t0 = time.perf_counter()
-    engine_generate(engine, prompt_ids[:2], fixed=False, seed=0)  # warm-up
+    engine_generate(engine, prompt_tokens[:2], fixed=False, seed=0)  # warm-up
     warmup_s = time.perf_counter() - t0
     if not args.skip_hf:
-        hf_generate(model, tokenizer, prompt_ids[:2], max_new_tokens=4, fixed=True, seed=0)
+        hf_generate(model, tokenizer, prompt_tokens[:2], max_new_tokens=4, fixed=True, seed=0)
 
     runs: dict[str, list[dict]] = {}
     sample = None
@@ -237,13 +217,13 @@ def main(argv: list[str] | None = None) -> None:
                 s, c, n = hf_generate(
                     model,
                     tokenizer,
-                    prompt_ids,
+                    prompt_tokens,
                     fixed=fixed,
                     seed=seed,
                     max_new_tokens=args.new_tokens,
                 )
                 record(runs, f"hf_{mode}", s, c, n)
-            s, c, n, out = engine_generate(engine, prompt_ids, fixed=fixed, seed=seed)
+            s, c, n, out = engine_generate(engine, prompt_tokens, fixed=fixed, seed=seed)
             record(runs, f"engine_{mode}", s, c, n)
             if fixed and sample is None:
                 sample = out
@@ -279,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     # Training-side log-probs on the sampled fixed-length sequences.
-    batch = pack(sample.prompt_ids, sample.completion_ids, pad_id=tokenizer.pad_token_id)
+    batch = pack(sample.prompt_tokens, sample.completion_ids, pad_id=tokenizer.pad_token_id)
     seq_tokens = int(batch.seq_len_B.sum())
     comp_tokens = int(batch.completion_mask_BT.sum())
     model.train()
@@ -291,10 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     peaks: dict[str, float] = {name: 0.0 for name, _ in methods}
     for _ in range(max(1, args.repeats - 1)):
         for name, fn in methods:  # interleaved, so load changes hit both alike
-            peak_rss_reset()
-            before = status_mb("VmRSS")
+            reset_peak_rss()
+            before = rss_mib()
             times[name].append(train_pass(model, batch, fn, args.micro_batch))
-            peaks[name] = max(peaks[name], status_mb("VmHWM") - before)
+            peaks[name] = max(peaks[name], hwm_mib() - before)
             wall, cpu = times[name][-1]
             print(
                 f"  {name:18s} fwd+bwd {wall:.1f} s ({cpu:.1f} CPU s), "
@@ -326,18 +306,14 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     result = {
-        "command": "python "
-        + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": command(__file__, argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
+            **machine("cpu", "cores"),
             "threads": args.threads,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "load_avg_1m_at_start": load_start,
-            "load_avg_1m_at_end": load_avg(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
+            **machine("load_avg_1m_at_end", "torch", "transformers"),
         },
         "settings": {
             "model": args.model,
@@ -371,8 +347,7 @@ def main(argv: list[str] | None = None) -> None:
             **logprob,
         },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print(json.dumps({"generation": generation, "logprob": logprob}, indent=1))
 
 

@@ -23,22 +23,18 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import command, machine, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from spo.logprobs import completion_logp  # noqa: E402
-from spo.rollout.batch import pack  # noqa: E402
-from spo.rollout.hf import HFEngine  # noqa: E402
-from spo.train.optim import MasterWeightAdamW  # noqa: E402
+from spo.policy.batch import pack
+from spo.policy.logprobs import completion_logp
+from spo.rollout.hf import HFEngine
+from spo.train.optim import MasterWeightAdamW
 
 CONFIG = Path(__file__).with_name("smollm2_135m_config.json")
 TINY = {"hidden_size": 72, "intermediate_size": 144, "num_hidden_layers": 2, "head_dim": 8}
@@ -99,7 +95,7 @@ def bench_hf(model, config, prompts, args) -> tuple[dict, object]:
 
 
 def bench_train(model, config, rollouts, args) -> dict:
-    batch = pack(rollouts.prompt_ids, rollouts.completion_ids, pad_id=config.pad_token_id)
+    batch = pack(rollouts.prompt_tokens, rollouts.completion_ids, pad_id=config.pad_token_id)
     optimizer = MasterWeightAdamW(list(model.parameters()), lr=1e-6)
     adv_B = torch.randn(len(batch), device=args.device)
 
@@ -138,7 +134,7 @@ def bench_vllm(model, prompts, args) -> dict:
         return {"skipped": "vllm is not installed"}
     if not args.device.startswith("cuda"):
         return {"skipped": "vllm needs CUDA"}
-    from spo.rollout.vllm_engine import _load_weights
+    from spo.rollout.vllm_engine import load_weights_rpc
 
     os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,7 +163,7 @@ def bench_vllm(model, prompts, args) -> dict:
         tokens = sum(len(o.outputs[0].token_ids) for o in outs)
         weights = [(k, v.detach()) for k, v in model.state_dict().items()]
         sync_times, _ = timed(
-            lambda: llm.collective_rpc(_load_weights, args=(weights,)), args.device, args.repeats
+            lambda: llm.collective_rpc(load_weights_rpc, args=(weights,)), args.device, args.repeats
         )
     return {
         "version": vllm.__version__,
@@ -201,12 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     prompts = prompts.tolist()
     hf, rollouts = bench_hf(model, config, prompts, args)
     result = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "command": command(__file__, argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-            "python": platform.python_version(),
-            "torch": torch.__version__,
+            **machine("python", "torch"),
             "cpu_threads": torch.get_num_threads(),
         },
         "model": {
@@ -224,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_update": bench_train(model, config, rollouts, args),
         "vllm": {"skipped": "--no-vllm"} if args.no_vllm else bench_vllm(model, prompts, args),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("hf_engine", "train_update", "vllm")}, indent=1))
     return 0
 

@@ -38,7 +38,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import datetime as dt
 import json
-import platform
 import random
 import signal
 import subprocess
@@ -48,8 +47,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, ROOT, command, machine, write_json
 
 MOMENTS = ("generate", "update", "tracker", "ckpt_write", "ckpt_seal", "random")
 TIMING = ("time/", "throughput/", "wall_seconds", "rollout/wall", "rollout/engine_idle_fraction")
@@ -305,10 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--modes", default="sync,async")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "bench/results/kill9_soak.json"))
+    p.add_argument("--out", default=str(RESULTS / "kill9_soak.json"))
     args = p.parse_args(argv)
-
-    import torch
 
     from tests.conftest import build_tiny_model
 
@@ -330,22 +326,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode}: equal={results[mode]['equal']}", flush=True)
     out = {
         "what": "kill -9 soak: SIGKILL at K moments + resume vs an uninterrupted run",
-        "command": "python bench/kill9_soak.py " + " ".join(argv),
+        "command": command(__file__, argv),
         "date": started.isoformat(timespec="seconds"),
         "seconds": round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_avg_1m_at_end": os.getloadavg()[0],
-        },
+        "machine": machine("platform", "cpu_count", "python", "torch", "load_avg_1m_at_end"),
         "settings": vars(args) | {"model": "tiny random Llama (tests/conftest.py)"},
         "results": results,
         "all_equal": all(r["equal"] for r in results.values()),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_json(args.out, out)
     print(f"wrote {args.out}: all_equal={out['all_equal']}")
     return 0 if out["all_equal"] else 1
 

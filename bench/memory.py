@@ -29,66 +29,22 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
-import json
-import os
-import platform
-import resource
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-            "fsmblks", "uordblks", "fordblks", "keepcost",
-        )
-    ]  # fmt: skip
-
-
-def _heap_mib() -> tuple[float, float]:
-    """(live, free) MiB of glibc's malloc: live = in-use heap chunks + mmapped blocks,
-    free = heap bytes the allocator holds but nobody uses (what RSS carries beyond live).
-    NaN where glibc's mallinfo2 (2.33+) is missing."""
-    try:
-        fn = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return float("nan"), float("nan")
-    fn.restype = _Mallinfo2
-    m = fn()
-    return (m.uordblks + m.hblkhd) / 2**20, m.fordblks / 2**20
-
-
-def _machine() -> dict:
-    import torch
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+from common import (
+    RESULTS,
+    command,
+    heap_mib,
+    load_avg,
+    load_avgs,
+    machine,
+    peak_rss_mib,
+    rss_mib,
+    run_child,
+    write_json,
+)
 
 
 def _child(arm: str, steps: int, samples: int, new_tokens: int, run_dir: str) -> dict:
@@ -114,25 +70,26 @@ def _child(arm: str, steps: int, samples: int, new_tokens: int, run_dir: str) ->
             "checkpoint_every=100000",
         ],
     )
-    rss_before_trainer = _rss_mib()
+    rss_before_trainer = rss_mib()
     trainer = Trainer(cfg)
-    rss_after_init = _rss_mib()
+    rss_after_init = rss_mib()
     n_prompts = len(trainer.train_examples)
     rows = []
     t0 = time.perf_counter()
     for i in range(steps):
         m = trainer.train_step()
-        live, free = _heap_mib()
+        store = getattr(trainer.rho, "store", None)  # the replay store (rho=replay only)
+        live, free = heap_mib()
         rows.append(
             {
                 "step": i + 1,
-                "rss_mib": round(_rss_mib(), 2),
-                "peak_rss_mib": round(_peak_rss_mib(), 2),
+                "rss_mib": round(rss_mib(), 2),
+                "peak_rss_mib": round(peak_rss_mib(), 2),
                 "heap_live_mib": round(live, 2),
                 "heap_free_mib": round(free, 2),
                 "step_s": round(m["time/step"], 3),
-                "replay_bytes": int(trainer.replay.nbytes),
-                "replay_prompts": len(trainer.replay),
+                "replay_bytes": int(store.nbytes) if store is not None else 0,
+                "replay_prompts": len(store) if store is not None else 0,
                 "drift_bytes": int(trainer.drift.nbytes),
                 "tracker_bytes": int(trainer.tracker.nbytes),
                 "reward_mean": m["reward/mean"],
@@ -149,7 +106,7 @@ def _child(arm: str, steps: int, samples: int, new_tokens: int, run_dir: str) ->
         "rss_before_trainer_mib": rss_before_trainer,
         "rss_after_init_mib": rss_after_init,
         "wall_s": wall,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 
@@ -216,15 +173,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:
         res = _child(args.child, args.steps, args.samples, args.new_tokens, args.child_dir)
-        Path(args.child_out).write_text(json.dumps(res))
+        write_json(args.child_out, res, indent=None)
         return 0
 
     result: dict = {
         "benchmark": "memory",
-        "command": "python bench/memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command(__file__, argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine("cpu_count", "platform", "python", "torch"),
+        "load_avg_at_start": load_avgs(),
         "settings": {
             "algo": "spo",
             "steps": args.steps,
@@ -235,28 +192,15 @@ def main(argv: list[str] | None = None) -> int:
         "arms": {},
     }
     for rho in [r.strip() for r in args.rho.split(",") if r.strip()]:
-        print(f"{rho}: {args.steps} SPO steps (load {os.getloadavg()[0]:.2f})", flush=True)
-        with tempfile.TemporaryDirectory(prefix=f"memory_{rho}_") as tmp:
-            out = Path(tmp) / "result.json"
-            cmd = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--child",
-                rho,
-                "--child-out",
-                str(out),
-                "--child-dir",
-                str(Path(tmp) / "run"),
-                "--steps",
-                str(args.steps),
-                "--samples",
-                str(args.samples),
-                "--new-tokens",
-                str(args.new_tokens),
-            ]
-            subprocess.run(cmd, check=True, cwd=ROOT)
-            summary = _summarise(json.loads(out.read_text()), args.skip)
-        summary["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+        print(f"{rho}: {args.steps} SPO steps (load {load_avg():.2f})", flush=True)
+        child = run_child(
+            __file__,
+            ["--child", rho, "--steps", str(args.steps), "--samples", str(args.samples),
+             "--new-tokens", str(args.new_tokens)],
+            prefix=f"memory_{rho}_",
+        )  # fmt: skip
+        summary = _summarise(child, args.skip)
+        summary["load_avg_after"] = child["load_avg_after"]
         result["arms"][rho] = summary
         print(
             f"  RSS {summary['rss_at_skip_mib']:.0f} -> {summary['rss_last_mib']:.0f} MiB, slope "
@@ -265,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             f" replay {summary['replay_bytes_per_stored_prompt']:.0f} B/prompt, drift "
             f"{summary['drift_bytes_per_prompt']:.0f} B/prompt"
         )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return 0
 

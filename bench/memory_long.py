@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "memory_long.json"))
     args = ap.parse_args(argv)
 
+    from common import command, heap_mib, machine, rss_mib, write_json
     from conftest import build_tiny_model  # the tests' tiny random Llama
-    from memory import _heap_mib, _machine, _rss_mib
 
     from spo.train.config import load_config
     from spo.train.trainer import Trainer
@@ -76,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             trainer.train_step()
             if step % args.every == 0:
                 gc.collect()
-                live, _ = _heap_mib()
+                live, _ = heap_mib()
                 traced = tracemalloc.get_traced_memory()[0] / 2**20
                 row = {
                     "step": step,
                     "heap_live_mib": round(live, 2),
                     "traced_mib": round(traced, 3),
-                    "rss_mib": round(_rss_mib(), 1),
+                    "rss_mib": round(rss_mib(), 1),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -98,10 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     result = {
         "benchmark": "memory_long",
-        "command": "python bench/memory_long.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command(__file__, argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine("cpu_count", "platform", "python", "torch"),
         "settings": vars(args),
         "heap_live_growth_mib_per_quarter": growth,
         "traced_mib_first_last": [rows[0]["traced_mib"], rows[-1]["traced_mib"]],
@@ -110,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print(f"live heap growth per quarter (MiB): {growth}; wrote {args.out}")
     return 0
 

@@ -35,13 +35,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, ROOT, write_json
+
 TESTS = [
     "tests/train/test_wiring.py",
     "tests/train/test_trainer.py",
     "tests/train/test_async_trainer.py",
-    "tests/test_eval.py",
+    "tests/eval/test_eval.py",
 ]
 TRAINER = "spo/train/trainer.py"
 
@@ -70,7 +70,7 @@ MUTANTS = [
         "tracker_one_minus_reward",
         "the tracker absorbs 1 − r instead of r",
         (
-            "self.spo.observe(ids_B, reward_B, step=step, **rho_kw)",
+            "self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)",
             "self.spo.observe(ids_B, 1.0 - reward_B, step=step, **rho_kw)",
         ),
     ),
@@ -78,16 +78,16 @@ MUTANTS = [
         "tracker_rho_one",
         "the tracker is updated with ρ = 1 whatever the estimator returned",
         (
-            "self.spo.observe(ids_B, reward_B, step=step, **rho_kw)",
-            "self.spo.observe(ids_B, reward_B, step=step, rho=1.0)",
+            "self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)",
+            "self.spo.observe(prompt_idx_B, reward_B, step=step, rho=1.0)",
         ),
     ),
     _m(
         "tracker_wrong_step_stamp",
         "the tracker records the previous step as the visit",
         (
-            "self.spo.observe(ids_B, reward_B, step=step, **rho_kw)",
-            "self.spo.observe(ids_B, reward_B, step=self.step, **rho_kw)",
+            "self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)",
+            "self.spo.observe(prompt_idx_B, reward_B, step=self.step, **rho_kw)",
         ),
     ),
     _m(
@@ -108,7 +108,7 @@ MUTANTS = [
         "tracker_ids_misaligned",
         "the tracker credits each reward to the neighbouring prompt",
         (
-            "self.spo.observe(ids_B, reward_B, step=step, **rho_kw)",
+            "self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)",
             "self.spo.observe(np.roll(ids_B, 1), reward_B, step=step, **rho_kw)",
         ),
     ),
@@ -119,9 +119,10 @@ MUTANTS = [
         (
             "        # Baseline is read BEFORE this step's rewards are absorbed "
             "(unbiased gradient).\n",
-            "        self.spo.observe(ids_B, reward_B, step=step, rho=self.cfg.tracker.rho_max)\n",
+            "        self.spo.observe(prompt_idx_B, reward_B, step=step, "
+            "rho=self.cfg.tracker.rho_max)\n",
         ),
-        ("        self.spo.observe(ids_B, reward_B, step=step, **rho_kw)\n", ""),
+        ("        self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)\n", ""),
     ),
     _m(
         "grouped_sampler_priority",
@@ -150,12 +151,15 @@ MUTANTS = [
     _m(
         "responses_not_grouped",
         "the G responses of a prompt are not contiguous (tile instead of repeat)",
-        ("ids_B = np.repeat(ids, group)", "ids_B = np.tile(ids, group)"),
+        (
+            "prompt_idx_B = np.repeat(prompt_idx, group)",
+            "prompt_idx_B = np.tile(prompt_idx, group)",
+        ),
     ),
     _m(
         "baseline_none_ignored",
         "baseline=none trains with the tracker's baseline anyway",
-        ('if cfg.baseline == "none" and not self.algo.grouped:', "if False:"),
+        ('if cfg.baseline == "none" and self.algo.without_baseline:', "if False:"),
     ),
     _m(
         "offline_init_skipped",
@@ -187,12 +191,24 @@ MUTANTS = [
     Mutant(
         "drift_visits_not_marked",
         "the drift estimator never records a visit: D grows from the run's start",
-        (("spo/algo/state.py", "self.drift.mark(ids)", "pass"),),
+        (("spo/algo/state.py", "self.drift.mark(idx)", "pass"),),
     ),
-    _m(
+    Mutant(
         "replay_not_stored",
         "the replay estimator never stores the response it must re-score",
-        ("            self.replay.put(\n", "            (lambda *a: None)(\n"),
+        (
+            (
+                "spo/train/forgetting.py",
+                "            self.store.put(\n",
+                "            (lambda *a: None)(\n",
+            ),
+        ),
+    ),
+    _m(
+        "rho_state_not_restored",
+        "resume ignores the checkpointed state of the active ρ estimator (drift clock or "
+        "replay store)",
+        ("if self.rho.key in state:", "if False:"),
     ),
     Mutant(
         "one_optimizer_step",
@@ -356,8 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    write_json(path, result, ensure_ascii=False)
     print(f"wrote {path}")
 
 

@@ -25,27 +25,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, load_avgs, machine, write_json
 
 
 def _rollouts(args):
     import numpy as np
 
     from spo.algo import ADVANTAGES
-    from spo.models import DEFAULT_MODEL, encode_prompts, load_policy
-    from spo.rewards import RewardPool
-    from spo.rollout.batch import pack
+    from spo.policy.batch import pack
+    from spo.policy.models import DEFAULT_MODEL, encode_prompts, load_policy
     from spo.rollout.hf import HFEngine
     from spo.tasks import load_task
+    from spo.tasks.rewards import RewardPool
 
     model, tok = load_policy(DEFAULT_MODEL, dtype="bfloat16")
     task = load_task("arithmetic", train_size=256, test_size=8, seed=args.seed)
@@ -59,14 +53,14 @@ def _rollouts(args):
         )
     baseline_B = torch.full_like(reward_B, float(reward_B.mean()))
     adv_B = ADVANTAGES["spo"](reward_B, baseline_B=baseline_B, group_id_B=None)
-    batch = pack(rollouts.prompt_ids, rollouts.completion_ids, pad_id=tok.pad_token_id)
+    batch = pack(rollouts.prompt_tokens, rollouts.completion_ids, pad_id=tok.pad_token_id)
     return batch, adv_B, float(reward_B.mean())
 
 
 def _arm(name: str, batch, adv_B, args) -> dict:
     from spo.algo import ppo_clip_loss
-    from spo.logprobs import completion_logp
-    from spo.models import DEFAULT_MODEL, load_policy
+    from spo.policy.logprobs import completion_logp
+    from spo.policy.models import DEFAULT_MODEL, load_policy
     from spo.train.optim import MasterWeightAdamW
 
     dtype = "float32" if name == "fp32" else "bfloat16"
@@ -167,18 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "precision",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine("cpu_count", "platform", "torch"),
+        "load_avg": load_avgs(),
         "settings": vars(args) | {"reward_mean": reward_mean},
         "arms": arms,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = write_json(args.out, result)
     lines = [
         "# bf16 + fp32 master weights vs fp32 (issue 6)",
         "",

@@ -16,17 +16,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
-import torch
+from common import RESULTS, command, machine, write_json
 
 from spo.algo import DriftTracker, PrioritySampler, ValueTracker, rho_from_divergence
 
@@ -70,31 +65,6 @@ def _peak_alloc_bytes(fn) -> int:
     return int(peak - base)
 
 
-def _machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if "model name" in ln), cpu)
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "git_commit": commit,
-    }
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num-prompts", type=int, default=10_000_000)
@@ -102,11 +72,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--update-reps", type=int, default=200)
     ap.add_argument("--draw-reps", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="bench/results/tracker_scale.json")
+    ap.add_argument("--out", default=str(RESULTS / "tracker_scale.json"))
     args = ap.parse_args(argv)
     P, B = args.num_prompts, args.batch
     rng = np.random.default_rng(args.seed)
-    machine = _machine()
+    machine_start = machine(
+        "cpu", "cpu_count", "load_avg_1m_at_start", "platform", "python", "numpy", "torch",
+        "git_commit",
+    )  # fmt: skip
     t_start = time.perf_counter()
 
     # ---- memory: array bytes and resident-set growth while building the state
@@ -183,9 +156,9 @@ def main(argv: list[str] | None = None) -> dict:
     draw_s = timings["draw_priority"]["median_ms"] / 1e3
     result = {
         "benchmark": "tracker_scale",
-        "command": "python bench/tracker_scale.py " + " ".join(argv or sys.argv[1:]),
+        "command": command(__file__, argv),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
+        "machine": machine_start,
         "num_prompts": P,
         "batch": B,
         "targets": TARGETS,
@@ -204,9 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     result["all_pass"] = all(result["pass"].values())
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("measured", "pass", "all_pass")}, indent=1))
     print(f"wrote {out}")
     return result

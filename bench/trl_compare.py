@@ -41,24 +41,29 @@ Run from the repository root (TRL is not a dependency of spo-rl; see bench/READM
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import importlib.util
-import json
-import os
-import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from common import (
+    RESULTS,
+    ROOT,
+    best_matmul_s,
+    command,
+    load_avg,
+    load_avgs,
+    machine,
+    rss_mib,
+    run_child,
+    write_json,
+)
+
 PROFILE_DIR = ROOT / "bench" / "profile"
 
 SETTINGS = {
@@ -73,6 +78,8 @@ SETTINGS = {
     "model": "embedded:smollm2-135m-instruct",
 }
 ARMS = ("trl", "spo_grpo", "spo")
+MACHINE = ("cpu", "cpu_count", "mem_gib", "platform", "python", "torch", "transformers", "trl")
+MACHINE += ("git_commit",)
 BUCKETS = ("generate", "score", "logp_nograd", "forward", "backward", "optimizer")
 TRL_MISSING = (
     "bench/trl_compare.py needs TRL, which spo-rl does not depend on. Install it into the venv "
@@ -82,22 +89,6 @@ TRL_MISSING = (
 
 
 # --------------------------------------------------------------------------- helpers
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 class Recorder:
     """Seconds per (step, bucket), tokens per step, and the current step index."""
 
@@ -133,10 +124,10 @@ def _wrap_backward(rec: Recorder) -> None:
 
 def _task_examples():
     from spo.tasks import load_task
-    from spo.train.config import load_config
+    from spo.train.config import load_config, task_kwargs
 
     cfg = load_config(None, [])
-    kwargs = {k: v for k, v in dataclasses.asdict(cfg.task).items() if k != "system_prompt"}
+    kwargs = task_kwargs(cfg)
     return load_task(**kwargs)
 
 
@@ -217,7 +208,7 @@ def _child_spo(algo: str, n_steps: int, run_dir: str, profile: str | None) -> di
                 "train_tokens_padded": rec.counts[i]["train_tokens_padded"],
                 "reward_mean": metrics["reward/mean"],
                 "truncated_fraction": metrics["completion/truncated_fraction"],
-                "rss_mib": _rss_mib(),
+                "rss_mib": rss_mib(),
             }
         )
         print(f"  {algo} step {i}: {wall:.1f}s reward {metrics['reward/mean']:.2f}", flush=True)
@@ -236,7 +227,7 @@ def _torch_profiled_step(trainer):
     PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     (PROFILE_DIR / "spo_step_torch_ops.txt").write_text(
         f"# torch.profiler, one spo-rl SPO step (64 samples, 64 new tokens), wall {wall:.1f}s "
-        f"under the profiler, load average {_load()}; sorted by self CPU time\n{table}\n"
+        f"under the profiler, load average {load_avgs()}; sorted by self CPU time\n{table}\n"
     )
     return metrics, wall
 
@@ -249,7 +240,7 @@ def _child_trl(n_steps: int, run_dir: str, autocast: bool) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from spo.models import convert_embedded, encode_prompts
+    from spo.policy.models import convert_embedded, encode_prompts
 
     s = SETTINGS
     task = _task_examples()
@@ -318,7 +309,7 @@ def _child_trl(n_steps: int, run_dir: str, autocast: bool) -> dict:
                     "train_tokens": rec.counts[i]["train_tokens"],
                     "train_tokens_padded": rec.counts[i]["train_tokens_padded"],
                     "reward_mean": rec.counts[i]["reward_sum"] / max(rec.counts[i]["reward_n"], 1),
-                    "rss_mib": _rss_mib(),
+                    "rss_mib": rss_mib(),
                 }
             )
             print(f"  trl step {i}: {now - marks['t']:.1f}s", flush=True)
@@ -410,39 +401,23 @@ def _summarise(arm: str, child: dict, warmup: int) -> dict:
 
 
 def _run_child(arm: str, args, extra: list[str] | None = None, pyspy: Path | None = None) -> dict:
-    with tempfile.TemporaryDirectory(prefix=f"trl_compare_{arm}_") as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--child",
-            arm,
-            "--child-out",
-            str(out),
-            "--child-steps",
-            str(args.warmup + args.steps),
-            "--child-dir",
-            str(Path(tmp) / "run"),
-            *(["--trl-autocast"] if args.trl_autocast else []),
-            *(extra or []),
-        ]
-        load_before = _load()
-        if pyspy is None:
-            subprocess.run(cmd, check=True, cwd=ROOT)
-        else:
-            _run_under_pyspy(cmd, pyspy)
-        result = json.loads(out.read_text())
-        result["load_avg_before"] = load_before
-        result["load_avg_after"] = _load()
-        return result
+    child_args = [
+        "--child",
+        arm,
+        "--child-steps",
+        str(args.warmup + args.steps),
+        *(["--trl-autocast"] if args.trl_autocast else []),
+        *(extra or []),
+    ]
+    interact = None if pyspy is None else (lambda child: _attach_pyspy(child, pyspy))
+    result = run_child(__file__, child_args, prefix=f"trl_compare_{arm}_", interact=interact)
+    result["peak_rss_mib"] = result.pop("child_peak_rss_mib")  # ru_maxrss of the arm's process
+    return result
 
 
-def _run_under_pyspy(cmd: list[str], raw_out: Path) -> None:
+def _attach_pyspy(child: subprocess.Popen, raw_out: Path) -> None:
     """Warm up in the child, attach py-spy for the last step only (samples end at exit)."""
     pyspy = Path(sys.executable).parent / "py-spy"
-    child = subprocess.Popen(
-        cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
     assert child.stdin is not None and child.stdout is not None
     for line in child.stdout:
         print(line, end="")
@@ -469,10 +444,8 @@ def _run_under_pyspy(cmd: list[str], raw_out: Path) -> None:
     time.sleep(2.0)
     child.stdin.write("go\n")
     child.stdin.flush()
-    for line in child.stdout:
+    for line in child.stdout:  # until the child closes its output (it exits)
         print(line, end="")
-    if child.wait() != 0:
-        raise subprocess.CalledProcessError(child.returncode, cmd)
     try:
         spy.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -484,7 +457,7 @@ def _run_under_pyspy(cmd: list[str], raw_out: Path) -> None:
 PHASES = (
     ("generate", "generate (hf.py)"),
     ("_update", "update: forward+backward+optimizer"),
-    ("_forgetting", "drift / forgetting estimator"),
+    ("forgetting.py", "drift / forgetting estimator (spo/train/forgetting.py)"),
     ("rewards.py", "score (reward pool)"),
 )
 
@@ -543,15 +516,7 @@ def _matmul_roofline(size: int = 2048, reps: int = 10) -> dict:
 
     out = {"size": size, "threads": torch.get_num_threads()}
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        a = torch.randn(size, size, dtype=dtype)
-        b = torch.randn(size, size, dtype=dtype)
-        for _ in range(2):
-            a @ b
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
+        best = best_matmul_s(dtype, size, size, size, reps=reps, warmup=2)
         out[f"{name}_flops"] = 2 * size**3 / best
         out[f"{name}_best_s"] = best
     return out
@@ -560,7 +525,7 @@ def _matmul_roofline(size: int = 2048, reps: int = 10) -> dict:
 def _param_counts() -> dict:
     import json as _json
 
-    from spo.models import convert_embedded
+    from spo.policy.models import convert_embedded
 
     cfg = _json.loads((Path(convert_embedded()) / "config.json").read_text())
     d, v, layers = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
@@ -584,48 +549,10 @@ def _param_counts() -> dict:
     }
 
 
-def _machine() -> dict:
-    import torch
-    import transformers
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if "model name" in ln), cpu)
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    trl_version = None
-    if importlib.util.find_spec("trl"):
-        from importlib.metadata import version
-
-        trl_version = version("trl")
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl_version,
-        "git_commit": commit,
-    }
-
-
 def _wait_quiet(max_wait: float, threshold: float) -> None:
     deadline = time.time() + max_wait
-    while os.getloadavg()[0] > threshold and time.time() < deadline:
-        print(f"load {os.getloadavg()[0]:.2f} > {threshold}: waiting (up to {max_wait:.0f}s)")
+    while load_avg() > threshold and time.time() < deadline:
+        print(f"load {load_avg():.2f} > {threshold}: waiting (up to {max_wait:.0f}s)")
         time.sleep(30)
 
 
@@ -715,8 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             algo = "grpo" if args.child == "spo_grpo" else "spo"
             result = _child_spo(algo, args.child_steps, args.child_dir, args.child_profile)
-        result["peak_rss_mib"] = _peak_rss_mib()
-        Path(args.child_out).write_text(json.dumps(result))
+        write_json(args.child_out, result, indent=None)
         return 0
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -728,15 +654,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.wait_quiet:
         _wait_quiet(args.wait_quiet, 2.5)
-    command = "python bench/trl_compare.py" + (f" {' '.join(argv)}" if argv else "")
-    if argv is None and len(sys.argv) > 1:
-        command = "python bench/trl_compare.py " + " ".join(sys.argv[1:])
     result: dict = {
         "benchmark": "trl_compare",
-        "command": command,
+        "command": command(__file__, argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
-        "load_avg_at_start": _load(),
+        "machine": machine(*MACHINE),
+        "load_avg_at_start": load_avgs(),
         "settings": {
             **SETTINGS,
             "warmup": args.warmup,
@@ -752,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss": "ru_maxrss of each arm's own subprocess (model load included)",
         },
     }
-    print(f"load average {_load()}; measuring bf16 matmul roofline")
+    print(f"load average {load_avgs()}; measuring bf16 matmul roofline")
     matmul = _matmul_roofline()
     params = _param_counts()
     print(
@@ -762,7 +685,10 @@ def main(argv: list[str] | None = None) -> int:
     result["arms"] = {}
     children = {}
     for arm in arms:
-        print(f"arm {arm}: {args.warmup} warm-up + {args.steps} steps (load {_load()})", flush=True)
+        print(
+            f"arm {arm}: {args.warmup} warm-up + {args.steps} steps (load {load_avgs()})",
+            flush=True,
+        )
         child = _run_child(arm, args)
         children[arm] = child
         summary = _summarise(arm, child, args.warmup)
@@ -815,16 +741,14 @@ def main(argv: list[str] | None = None) -> int:
             _run_child("spo", prof_args, ["--child-profile", "pyspy"], pyspy=raw)
             if raw.exists():
                 commit = result["machine"]["git_commit"]
-                header = f"# {result['date']}, load average {_load()}, commit {commit}"
+                header = f"# {result['date']}, load average {load_avgs()}, commit {commit}"
                 (PROFILE_DIR / "spo_step_pyspy.txt").write_text(_summarise_pyspy(raw, header))
                 raw.unlink()
             _run_child("spo", prof_args, ["--child-profile", "torch"])
         except (subprocess.CalledProcessError, OSError) as e:
             print(f"profiling failed: {e}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out, result, indent=2)
     Path(args.md).write_text(_markdown(result))
     print()
     print(_markdown(result))

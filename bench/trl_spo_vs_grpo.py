@@ -24,17 +24,16 @@ after the NOTES marker in the markdown are kept).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, load_avgs, machine
+
 OUT = ROOT / "docs" / "results" / "trl_spo_vs_grpo.json"
 REPORT = ROOT / "docs" / "results" / "trl_spo_vs_grpo.md"
 SETTINGS = {
@@ -54,17 +53,15 @@ NOTES = "<!-- notes: text below this line is kept when the table is regenerated 
 
 def _task():
     from spo.tasks import load_task
-    from spo.train.config import load_config
+    from spo.train.config import load_config, task_kwargs
 
     cfg = load_config(None, [])
-    return load_task(
-        **{k: v for k, v in dataclasses.asdict(cfg.task).items() if k != "system_prompt"}
-    )
+    return load_task(**task_kwargs(cfg))
 
 
 def _evaluate(model, tokenizer, task, seed: int) -> dict:
     from spo.eval import evaluate_examples
-    from spo.rewards import RewardPool
+    from spo.tasks.rewards import RewardPool
 
     with RewardPool(task.verifier, workers=0) as pool:  # in-process: the verifier is cheap
         m = evaluate_examples(
@@ -90,7 +87,7 @@ def run_arm(arm: str, seed: int, steps: int, before: dict | None = None) -> dict
     from trl import GRPOConfig, GRPOTrainer
 
     from spo.integrations.trl import SPOConfig, SPOTrainer
-    from spo.models import convert_embedded
+    from spo.policy.models import convert_embedded
 
     task = _task()
     examples = task.train
@@ -173,7 +170,7 @@ def run_arm(arm: str, seed: int, steps: int, before: dict | None = None) -> dict
         "zero_advantage_share": statistics.mean(zero),
         "zero_advantage_by_step": zero,
         "reward_by_step": [h["reward"] for h in logs],
-        "load_avg_at_end": list(os.getloadavg()),
+        "load_avg_at_end": load_avgs(),
     }
     if arm == "spo":
         result["spo_abs_adv_le_1e-4"] = statistics.mean(
@@ -295,6 +292,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     SETTINGS["eval_prompts"] = args.eval_prompts
     data = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    m = machine("platform", "cpu_count", "torch")
     data.update(
         command="bash bench/trl_spo_vs_grpo.sh"
         if args.merge
@@ -302,7 +300,7 @@ def main(argv=None) -> int:
         f"--seeds {args.seeds} --steps {args.steps} --threads {args.threads} "
         f"--eval-prompts {args.eval_prompts}",
         trl=trl.__version__,
-        machine=f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        machine=f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
         f"{args.threads} threads",
         settings=SETTINGS,
     )

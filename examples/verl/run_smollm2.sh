@@ -13,7 +13,7 @@ OUT=${OUT:-runs/verl-smollm2}
 mkdir -p "$OUT"
 PY=${PYTHON:-python}
 
-MODEL=$($PY -c "from spo.models import convert_embedded; print(convert_embedded())")
+MODEL=$($PY -c "from spo.policy.models import convert_embedded; print(convert_embedded())")
 $PY examples/verl/make_data.py configs/demo.yaml --out "$OUT/data"
 
 $PY -m verl.trainer.main_ppo --config-path="$PWD/examples/verl" --config-name=spo_smollm2 \

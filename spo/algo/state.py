@@ -99,23 +99,23 @@ class SPOState:
         self.index(keys)
 
     def index(self, keys) -> np.ndarray:
-        """Dense ids (B,) int64 for `keys` (B,), registering unknown keys at the prior."""
-        if self._key_to_id is None:  # count mode: keys must be the ids themselves
-            ids = to_numpy(keys, "keys").reshape(-1)
-            if ids.size == 0:
-                return ids.astype(np.int64)
-            if ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.integer):
+        """Dense idx (B,) int64 for `keys` (B,), registering unknown keys at the prior."""
+        if self._key_to_id is None:  # count mode: keys must be the idx themselves
+            idx = to_numpy(keys, "keys").reshape(-1)
+            if idx.size == 0:
+                return idx.astype(np.int64)
+            if idx.dtype == np.bool_ or not np.issubdtype(idx.dtype, np.integer):
                 raise ValueError(
                     f"keys of SPOState({len(self)}) are the integers 0..{len(self) - 1}; got "
-                    f"dtype {ids.dtype} (build SPOState(keys=[...]) for other keys)"
+                    f"dtype {idx.dtype} (build SPOState(keys=[...]) for other keys)"
                 )
-            ids = ids.astype(np.int64, copy=False)
-            if ids.min() < 0 or ids.max() >= len(self):
-                bad = int(ids[(ids < 0) | (ids >= len(self))][0])
+            idx = idx.astype(np.int64, copy=False)
+            if idx.min() < 0 or idx.max() >= len(self):
+                bad = int(idx[(idx < 0) | (idx >= len(self))][0])
                 raise ValueError(
                     f"key {bad} is not among the keys 0..{len(self) - 1} of SPOState({len(self)})"
                 )
-            return ids
+            return idx
         if isinstance(keys, np.ndarray | torch.Tensor):
             keys = keys.tolist()
         elif isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
@@ -135,8 +135,8 @@ class SPOState:
             self._grow(len(known))
         return np.asarray(out, dtype=np.int64)
 
-    def _to_keys(self, ids: np.ndarray) -> list:
-        return ids.tolist() if self._keys is None else [self._keys[i] for i in ids]
+    def _to_keys(self, idx: np.ndarray) -> list:
+        return idx.tolist() if self._keys is None else [self._keys[i] for i in idx]
 
     # ---------------------------------------------------------------- reading
     def baseline(self, keys) -> np.ndarray:
@@ -192,13 +192,13 @@ class SPOState:
         """
         if rho is not None and divergence is not None:
             raise ValueError("give observe() rho or divergence, not both")
-        ids = self.index(keys)
+        idx = self.index(keys)
         r = self.unit_rewards(rewards)
-        if tuple(r.shape) != ids.shape:
+        if tuple(r.shape) != idx.shape:
             raise ValueError(
-                f"{ids.size} keys for {tuple(r.shape)} rewards; give one key per reward"
+                f"{idx.size} keys for {tuple(r.shape)} rewards; give one key per reward"
             )
-        raw_B = (r.double() - torch.from_numpy(self.tracker.value(ids)).double()).numpy()
+        raw_B = (r.double() - torch.from_numpy(self.tracker.value(idx)).double()).numpy()
         clip = {
             "d_half": self.d_half,
             "rho_min": self.tracker.rho_min,
@@ -206,19 +206,19 @@ class SPOState:
         }
         if rho is None:
             if divergence is None:
-                divergence = self.drift.divergence(ids)
-                self.drift.mark(ids)
+                divergence = self.drift.divergence(idx)
+                self.drift.mark(idx)
             rho = rho_from_divergence(divergence, **clip)
-        self.tracker.update(ids, r, rho, step=step)
-        rho_B = np.broadcast_to(np.asarray(rho, dtype=np.float64), ids.shape)
+        self.tracker.update(idx, r, rho, step=step)
+        rho_B = np.broadcast_to(np.asarray(rho, dtype=np.float64), idx.shape)
         r_B = r.double().numpy()
         self._last = {
-            "rho_mean": float(rho_B.mean()) if ids.size else float("nan"),
-            "adv_variance": float(advantage_variance(raw_B)) if ids.size else float("nan"),
-            "reward_variance": float(np.var(r_B)) if ids.size else float("nan"),
-            "adv_abs_le_1e-4": float(small_advantage_fraction(raw_B, 1e-4)) if ids.size else 0.0,
-            "adv_abs_le_0.02": float(small_advantage_fraction(raw_B, 0.02)) if ids.size else 0.0,
-            "value_mean": float(self.tracker.value(ids).mean()) if ids.size else float("nan"),
+            "rho_mean": float(rho_B.mean()) if idx.size else float("nan"),
+            "adv_variance": float(advantage_variance(raw_B)) if idx.size else float("nan"),
+            "reward_variance": float(np.var(r_B)) if idx.size else float("nan"),
+            "adv_abs_le_1e-4": float(small_advantage_fraction(raw_B, 1e-4)) if idx.size else 0.0,
+            "adv_abs_le_0.02": float(small_advantage_fraction(raw_B, 0.02)) if idx.size else 0.0,
+            "value_mean": float(self.tracker.value(idx).mean()) if idx.size else float("nan"),
         }
 
     def metrics(self) -> dict[str, float]:
@@ -290,7 +290,7 @@ class SPOState:
         pseudo-counts with spec §3's smoothing, so the file carries estimates, not state
         (use `state_dict` for an exact copy).
         """
-        from spo.train.values import write_values  # the one writer of the format
+        from spo.algo.values import write_values  # the one writer of the format
 
         a = self.tracker.alpha.astype(np.float64)
         return write_values(path, [str(k) for k in self.keys], a, a + self.tracker.beta, prompts)
@@ -300,7 +300,7 @@ class SPOState:
 
         Returns the number of keys initialised; keys absent from the file keep their state.
         """
-        from spo.train.values import load_values
+        from spo.algo.values import load_values
 
         idx, successes, trials = load_values(path, [str(k) for k in self.keys])
         self.tracker.init_from_counts(idx, successes, trials)

@@ -1,6 +1,8 @@
 """Rollouts with a Hugging Face causal LM in this process (CPU or one GPU).
 
-`HFEngine.generate` samples one completion per prompt: prompts are sorted by length and
+`HFEngine.generate` samples one completion per prompt (`sampling.n` per prompt: the
+prompt repeated n times; the call's `SamplingSettings` override the engine's own
+temperature / top_p / max_new_tokens): prompts are sorted by length and
 cut into batches of `batch_size` (less padding), each batch is left-padded, prefilled
 once, then decoded a token at a time until every row has produced eos or
 `max_new_tokens` tokens. Sampling draws from a private `torch.Generator` seeded with
@@ -8,7 +10,7 @@ once, then decoded a token at a time until every row has produced eos or
 the global RNG (the trainer reseeds per step and resumes losslessly).
 
 Behaviour log-probs are log softmax(logits / temperature) of the sampled token, in fp32
-from the bf16 head output: the same numbers `spo.logprobs.completion_logp` computes on the
+from the bf16 head output: the same numbers `spo.policy.logprobs.completion_logp` computes on the
 finished sequence, up to bf16 noise. With top_p < 1 the token is drawn from the nucleus,
 but the log-prob reported is still that of the full tempered distribution (the one the
 trainer differentiates); with temperature 0 (greedy) it is the temperature-1 log-prob.
@@ -21,7 +23,7 @@ import inspect
 import torch
 from torch import Tensor
 
-from spo.rollout.batch import Rollouts
+from spo.rollout import Rollouts, SamplingSettings
 from spo.rollout.llama import LlamaDecoder, unsupported_reason
 
 
@@ -40,19 +42,12 @@ class HFEngine:
         fast: bool = True,
         compact_at: float = 0.25,
     ):
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        # the configured settings of every call that names no others (checked here)
+        self.sampling = SamplingSettings(temperature, top_p, max_new_tokens)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
         self.batch_size = batch_size
         self.fast = fast  # False: decode through the model's own forward (reference path)
         # Drop finished rows from the decode batch once they are this share of it (0: at
@@ -67,35 +62,39 @@ class HFEngine:
         """No-op for the trainer's own model (shared); else load its `policy_weights`."""
         if policy is self.model:
             return
-        from spo.rollout.weights import load_policy_weights, policy_weights
+        from spo.policy.weights import load_policy_weights, policy_weights
 
         weights = policy_weights(policy) if isinstance(policy, torch.nn.Module) else policy
         with torch.no_grad():
             load_policy_weights(self.model, weights)
 
-    def generate(self, prompt_ids: list[list[int]], *, seed: int) -> Rollouts:
+    def generate(
+        self, prompt_tokens: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
+    ) -> Rollouts:
+        s = (sampling or SamplingSettings()).over(self.sampling)
+        prompt_tokens = s.repeat(prompt_tokens)
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-        n = len(prompt_ids)
+        n = len(prompt_tokens)
         completion_ids: list[list[int]] = [[] for _ in range(n)]
         logp: list[Tensor] = [torch.zeros(0) for _ in range(n)]
         finished = [False] * n
-        order = sorted(range(n), key=lambda i: len(prompt_ids[i]))
+        order = sorted(range(n), key=lambda i: len(prompt_tokens[i]))
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
                 for lo in range(0, n, self.batch_size):
                     rows = order[lo : lo + self.batch_size]
-                    out = self._generate_batch([prompt_ids[i] for i in rows], generator)
+                    out = self._generate_batch([prompt_tokens[i] for i in rows], generator, s)
                     for i, (ids, lp, done) in zip(rows, out, strict=True):
                         completion_ids[i], logp[i], finished[i] = ids, lp, done
         finally:
             self.model.train(was_training)
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         return Rollouts(
-            prompt_ids=[list(p) for p in prompt_ids],
+            prompt_tokens=[list(p) for p in prompt_tokens],
             completion_ids=completion_ids,
             logp=logp,
             finished=finished,
@@ -103,12 +102,12 @@ class HFEngine:
         )
 
     def _generate_batch(
-        self, prompts: list[list[int]], generator: torch.Generator
+        self, prompts: list[list[int]], generator: torch.Generator, s: SamplingSettings
     ) -> list[tuple[list[int], Tensor, bool]]:
         device = next(self.model.parameters()).device
         B, P = len(prompts), max(len(p) for p in prompts)
         if self.fast and unsupported_reason(self.model) is None:
-            decoder = LlamaDecoder(self.model, max_len=P + self.max_new_tokens)
+            decoder = LlamaDecoder(self.model, max_len=P + s.max_new_tokens)
         else:
             decoder = _HFDecoder(self.model, pad_id=self.pad_id)
         logits_bV = decoder.prefill(prompts)
@@ -117,8 +116,8 @@ class HFEngine:
         logps: list[list[float]] = [[] for _ in range(B)]
         finished = [False] * B
         row_b = list(range(B))  # decoder row -> batch row
-        for t in range(self.max_new_tokens):
-            tok_b, lp_b = sample(logits_bV, self.temperature, self.top_p, generator)
+        for t in range(s.max_new_tokens):
+            tok_b, lp_b = sample(logits_bV, s.temperature, s.top_p, generator)
             done_b = torch.isin(tok_b, eos_E)
             for r, tok, lp, done in zip(
                 row_b, tok_b.tolist(), lp_b.tolist(), done_b.tolist(), strict=True
@@ -127,7 +126,7 @@ class HFEngine:
                     tokens[r].append(tok)
                     logps[r].append(lp)
                     finished[r] = done
-            if t == self.max_new_tokens - 1:
+            if t == s.max_new_tokens - 1:
                 break
             live = [i for i, r in enumerate(row_b) if not finished[r]]
             if not live:

@@ -4,7 +4,7 @@ One episode (SPO paper, agentic setting; up to `max_turns` model turns, paper: 8
 
     prompt ─► model turn (text + ```python block) ─► tool message ─► model turn ─► … ─► answer
 
-A `Sample` holds the episode as one token sequence: `prompt_ids`, then `completion_ids`,
+A `Sample` holds the episode as one token sequence: `prompt_tokens`, then `completion_ids`,
 which interleave the generated turns with tool messages. `loss_mask` is 1 on generated
 tokens and 0 on tool messages (the tool's output and the chat-template tokens around it),
 `logp` is the behaviour log-prob of each generated token (0 under mask 0), and
@@ -12,9 +12,9 @@ tokens and 0 on tool messages (the tool's output and the chat-template tokens ar
 scheduler's staleness).
 
 No re-tokenisation: a model turn's ids are appended as the engine returned them; the next
-turn is decoded from `prompt_ids + completion_ids`, and the tool message is appended as
+turn is decoded from `prompt_tokens + completion_ids`, and the tool message is appended as
 ids built once from the chat template (`ToolMessages`). So the training forward pass sees
-exactly the sequence the rollout engine saw, and `spo.logprobs.completion_logp` on
+exactly the sequence the rollout engine saw, and `spo.policy.logprobs.completion_logp` on
 `pack(..., loss_mask=sample.loss_mask)` scores exactly the generated ids.
 
 A turn ends at eos or `max_new_tokens`; the engine does not stop at the end of a code
@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from spo.rollout.batch import Rollouts
+from spo.rollout import Rollouts
 from spo.tools import ToolRunner, extract_code, format_tool_output
 
 
@@ -47,9 +47,9 @@ class Sample:
     """
 
     uid: int
-    prompt: int
+    prompt_idx: int
     group: int
-    prompt_ids: list[int]
+    prompt_tokens: list[int]
     completion_ids: list[int] = field(default_factory=list)
     loss_mask: list[int] = field(default_factory=list)
     logp: list[float] = field(default_factory=list)
@@ -64,7 +64,7 @@ class Sample:
 
     def context(self) -> list[int]:
         """Every token so far: what the next model turn is decoded from."""
-        return self.prompt_ids + self.completion_ids
+        return self.prompt_tokens + self.completion_ids
 
     @property
     def done(self) -> bool:

@@ -3,7 +3,8 @@
 `cluster.rollout_workers` actors each load the policy from `model.path` (a directory every
 node can read; nothing is downloaded), wrap it in the engine `rollout.engine` names (HF
 on CPU or GPU, or vLLM with `cluster.gpus_per_worker=1`) and generate one shard of each
-step's prompts (`spo.rollout.shard`: contiguous slices, seed per shard), in parallel.
+step's prompts (`spo.rollout.shard`: contiguous slices, seed per shard), in parallel; a
+call's `SamplingSettings` travel with its shards (evaluation samples on the actors too).
 The driver keeps the tracker, the sampler and the trainer; after each update it puts the
 policy weights into the Ray object store once (adapters only with LoRA) and every actor
 loads them before it generates again. Because the shards and their seeds are the ones
@@ -21,8 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from spo.rollout import EngineError
-from spo.rollout.batch import Rollouts
+from spo.rollout import EngineError, Rollouts, SamplingSettings
 from spo.rollout.shard import concat_rollouts, shard_bounds, shard_seed
 
 
@@ -63,15 +63,15 @@ class RolloutWorker:
     """Body of one Ray actor: a policy copy and a local engine (see the module docstring)."""
 
     def __init__(self, cfg: Any, model_path: str, lora_dir: str | None):
-        from spo.models import load_policy
-        from spo.rollout.factory import make_local_engine
+        from spo.policy.models import load_policy
+        from spo.rollout.local import make_local_engine
 
         torch.set_num_threads(cfg.threads or max(1, int(cfg.cluster.cpus_per_worker)))
         model, tokenizer = (None, None)
         if cfg.rollout.engine == "hf":
             model, tokenizer = load_policy(model_path, dtype=cfg.model.dtype)
             if cfg.model.lora.r:
-                from spo.lora import apply_lora
+                from spo.policy.lora import apply_lora
 
                 model = apply_lora(model, cfg.model.lora, seed=cfg.seed)
             if torch.cuda.is_available() and cfg.cluster.gpus_per_worker > 0:
@@ -79,15 +79,17 @@ class RolloutWorker:
         else:
             from transformers import AutoTokenizer
 
-            from spo.models import resolve_model_path
+            from spo.policy.models import resolve_model_path
 
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_path))
         self.engine = make_local_engine(
             cfg, model, tokenizer, model_path=model_path, lora_dir=lora_dir
         )
 
-    def generate(self, prompt_ids: list[list[int]], seed: int) -> Rollouts:
-        return self.engine.generate(prompt_ids, seed=seed)
+    def generate(
+        self, prompt_tokens: list[list[int]], seed: int, sampling: SamplingSettings | None = None
+    ) -> Rollouts:
+        return self.engine.generate(prompt_tokens, seed=seed, sampling=sampling)
 
     def sync_weights(self, weights: Mapping[str, Tensor]) -> None:
         self.engine.sync_weights(weights)
@@ -107,16 +109,18 @@ class RayEngine:
             for k in range(c.rollout_workers)
         ]
 
-    def generate(self, prompt_ids: list[list[int]], *, seed: int) -> Rollouts:
-        bounds = shard_bounds(len(prompt_ids), len(self.workers))
+    def generate(
+        self, prompt_tokens: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
+    ) -> Rollouts:
+        bounds = shard_bounds(len(prompt_tokens), len(self.workers))
         futures = [
-            self.workers[k].generate.remote(prompt_ids[lo:hi], shard_seed(seed, k))
+            self.workers[k].generate.remote(prompt_tokens[lo:hi], shard_seed(seed, k), sampling)
             for k, (lo, hi) in enumerate(bounds)
         ]
         return concat_rollouts(self.ray.get(futures))
 
     def sync_weights(self, policy: nn.Module | Mapping[str, Tensor]) -> None:
-        from spo.rollout.weights import policy_weights
+        from spo.policy.weights import policy_weights
 
         weights = policy_weights(policy) if isinstance(policy, nn.Module) else dict(policy)
         ref = self.ray.put(weights)  # once; every actor reads the same object

@@ -48,9 +48,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from spo.rewards import RewardResult
-from spo.rollout.batch import Rollouts
+from spo.rollout import Rollouts
 from spo.rollout.multiturn import Sample, ToolEnv, ToolMessages, apply_tool, apply_turns
+from spo.tasks.rewards import RewardResult
 
 MODES = ("sync", "async")
 STALENESS = ("drop", "reweight")
@@ -76,7 +76,7 @@ class FinishedBatch:
     """Finished samples of one step, in admission order."""
 
     samples: list[Sample]
-    prompt_B: np.ndarray  # (B,) int64 prompt indices
+    prompt_idx_B: np.ndarray  # (B,) int64 prompt indices
     group_id_B: torch.Tensor  # (B,) int64, 0..groups-1 (arange for single-stream)
     rollouts: Rollouts
     loss_mask: list[list[int]]
@@ -94,7 +94,7 @@ def _safe_run(env: ToolEnv, call: str) -> str:
 
 
 class RolloutScheduler:
-    """See the module docstring. `engine.generate(prompt_ids, seed=)` decodes one turn."""
+    """See the module docstring. `engine.generate(prompt_tokens, seed=)` decodes one turn."""
 
     def __init__(
         self,
@@ -210,7 +210,7 @@ class RolloutScheduler:
             if groups <= 0:
                 return
             busy = np.zeros(len(self.prompt_tokens), dtype=bool)
-            busy[[s.prompt for s in self.pool + self.done]] = True
+            busy[[s.prompt_idx for s in self.pool + self.done]] = True
             free = int((~busy).sum())
             prompts = self.draw(min(groups, len(busy)), ~busy if free >= groups else None).tolist()
         for p in prompts:
@@ -277,7 +277,7 @@ class RolloutScheduler:
         taken = {s.uid for s in batch}
         self.done = [s for s in self.done if s.uid not in taken]
         for s in batch:
-            self.trained_P[s.prompt] += 1
+            self.trained_P[s.prompt_idx] += 1
         return batch
 
     def _drop_stale(self, version: int) -> int:
@@ -289,13 +289,13 @@ class RolloutScheduler:
             return 0
         gone = [s for s in self.pool + self.done if s.group in stale]
         for s in gone:
-            self.dropped_P[s.prompt] += 1
+            self.dropped_P[s.prompt_idx] += 1
             entry = self.futures.pop(s.uid, None)
             if entry is not None:
                 entry[0].cancel()
         self.pool = [s for s in self.pool if s.group not in stale]
         self.done = [s for s in self.done if s.group not in stale]
-        prompts = {s.group: s.prompt for s in gone}
+        prompts = {s.group: s.prompt_idx for s in gone}
         self._issue(len(prompts), [prompts[g] for g in sorted(prompts)])
         return len(gone)
 
@@ -309,7 +309,7 @@ class RolloutScheduler:
             failures=[f for r in scored for f in r.failures][:5],
         )
         rollouts = Rollouts(
-            prompt_ids=[s.prompt_ids for s in batch],
+            prompt_tokens=[s.prompt_tokens for s in batch],
             completion_ids=[s.completion_ids for s in batch],
             logp=[torch.tensor(s.logp, dtype=torch.float32) for s in batch],
             finished=[s.stop_reason != "length" for s in batch],
@@ -328,7 +328,7 @@ class RolloutScheduler:
         }
         return FinishedBatch(
             samples=batch,
-            prompt_B=np.array([s.prompt for s in batch], dtype=np.int64),
+            prompt_idx_B=np.array([s.prompt_idx for s in batch], dtype=np.int64),
             group_id_B=torch.tensor([group_index[s.group] for s in batch], dtype=torch.long),
             rollouts=rollouts,
             loss_mask=[s.loss_mask for s in batch],
@@ -342,7 +342,7 @@ class RolloutScheduler:
     def accounting(self) -> dict[str, np.ndarray]:
         """Per prompt: issued = trained + dropped + in_flight."""
         in_flight = np.zeros_like(self.issued_P)
-        np.add.at(in_flight, [s.prompt for s in self.pool + self.done], 1)
+        np.add.at(in_flight, [s.prompt_idx for s in self.pool + self.done], 1)
         return {
             "issued": self.issued_P.copy(),
             "trained": self.trained_P.copy(),

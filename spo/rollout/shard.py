@@ -4,7 +4,8 @@ A step's prompts are cut into `shards` contiguous, near-equal slices; slice k is
 with seed `shard_seed(seed, k)`. Ray actors (`spo.rollout.ray_engine`) generate the slices
 in parallel, `ShardedEngine` generates them in turn in this process: both give the same
 completions for the same seed, so `cluster.mode` never changes a run's results. One shard
-uses the step seed itself (identical to an unsharded engine).
+uses the step seed itself (identical to an unsharded engine). Shards cut the prompts,
+not the rows: with `sampling.n` > 1 all n samples of a prompt come from one shard.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from torch import Tensor, nn
 
-from spo.rollout.batch import Rollouts
+from spo.rollout import Rollouts, SamplingSettings
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
@@ -35,7 +36,7 @@ def shard_seed(seed: int, k: int) -> int:
 
 def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
     return Rollouts(
-        prompt_ids=[p for r in parts for p in r.prompt_ids],
+        prompt_tokens=[p for r in parts for p in r.prompt_tokens],
         completion_ids=[c for r in parts for c in r.completion_ids],
         logp=[lp for r in parts for lp in r.logp],
         finished=[f for r in parts for f in r.finished],
@@ -50,10 +51,12 @@ class ShardedEngine:
         self.engine = engine
         self.shards = shards
 
-    def generate(self, prompt_ids: list[list[int]], *, seed: int) -> Rollouts:
+    def generate(
+        self, prompt_tokens: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
+    ) -> Rollouts:
         parts = [
-            self.engine.generate(prompt_ids[lo:hi], seed=shard_seed(seed, k))
-            for k, (lo, hi) in enumerate(shard_bounds(len(prompt_ids), self.shards))
+            self.engine.generate(prompt_tokens[lo:hi], seed=shard_seed(seed, k), sampling=sampling)
+            for k, (lo, hi) in enumerate(shard_bounds(len(prompt_tokens), self.shards))
         ]
         return concat_rollouts(parts)
 

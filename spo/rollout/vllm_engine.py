@@ -2,7 +2,8 @@
 
 vLLM is imported lazily, so the rest of spo-rl never needs it. One `generate` call sends
 every prompt as token ids with its own `SamplingParams`: temperature, top_p and
-max_tokens from the config, a per-prompt seed drawn from the step seed (so a prompt's
+max_tokens from the config or the call's `SamplingSettings` (n samples of a prompt are
+n rows, each with its own seed), a per-row seed drawn from the step seed (so a prompt's
 completion does not depend on which other prompts share the call or the shard), and
 `logprobs=0`, which returns the log-prob of the sampled token only. The engine is built
 with `logprobs_mode="processed_logprobs"`: log-probs of the tempered distribution the
@@ -34,8 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from spo.rollout import EngineError
-from spo.rollout.batch import Rollouts
+from spo.rollout import EngineError, Rollouts, SamplingSettings
 
 _MISSING = (
     "rollout.engine=vllm needs the vllm package: pip install 'spo-rl[vllm]' "
@@ -61,7 +61,7 @@ def prompt_seeds(seed: int, n: int) -> list[int]:
     return [int(w) & 0x7FFFFFFF for w in words[:n]]
 
 
-def _load_weights(worker, weights: list[tuple[str, Tensor]]) -> None:
+def load_weights_rpc(worker, weights: list[tuple[str, Tensor]]) -> None:
     """Runs inside each vLLM worker (collective_rpc): load HF-named tensors in place."""
     runner = worker.model_runner
     model = runner.get_model() if hasattr(runner, "get_model") else runner.model
@@ -90,15 +90,13 @@ class VLLMEngine:
     ):
         vllm = import_vllm()
         self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
+        self.sampling = SamplingSettings(temperature, top_p, max_new_tokens)
         self.lora = dict(lora) if lora else None  # peft LoraConfig kwargs
         self.lora_dir = Path(lora_dir or "vllm-lora")
         self.lora_version = 0
         self.lora_request = None
         self._sampling_params = vllm.SamplingParams
-        # collective_rpc pickles `_load_weights` to the worker processes
+        # collective_rpc pickles `load_weights_rpc` to the worker processes
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         kwargs = {
             "model": str(model_path),
@@ -116,20 +114,27 @@ class VLLMEngine:
             kwargs.update(enable_lora=True, max_lora_rank=int(self.lora["r"]), max_loras=1)
         self.llm = vllm.LLM(**kwargs)
 
-    def sampling_params(self, seed: int):
+    def sampling_params(self, seed: int, sampling: SamplingSettings | None = None):
+        """vLLM's SamplingParams for one row: `sampling` over the engine's settings
+        (temperature 0 is vLLM's greedy too)."""
+        s = (sampling or SamplingSettings()).over(self.sampling)
         return self._sampling_params(
             n=1,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_tokens=self.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_new_tokens,
             seed=seed,
             logprobs=0,
         )
 
-    def generate(self, prompt_ids: list[list[int]], *, seed: int) -> Rollouts:
-        n = len(prompt_ids)
-        prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
-        params = [self.sampling_params(s) for s in prompt_seeds(seed, n)]
+    def generate(
+        self, prompt_tokens: list[list[int]], *, seed: int, sampling: SamplingSettings | None = None
+    ) -> Rollouts:
+        sampling = sampling or SamplingSettings()
+        prompt_tokens = sampling.repeat(prompt_tokens)  # n rows per prompt, a seed each
+        n = len(prompt_tokens)
+        prompts = [{"prompt_token_ids": list(p)} for p in prompt_tokens]
+        params = [self.sampling_params(s, sampling) for s in prompt_seeds(seed, n)]
         kwargs = {"use_tqdm": False}
         if self.lora_request is not None:
             kwargs["lora_request"] = self.lora_request
@@ -147,7 +152,7 @@ class VLLMEngine:
             logp.append(torch.tensor(lp, dtype=torch.float32))
             finished.append(c.finish_reason == "stop")
         return Rollouts(
-            prompt_ids=[list(p) for p in prompt_ids],
+            prompt_tokens=[list(p) for p in prompt_tokens],
             completion_ids=completion_ids,
             logp=logp,
             finished=finished,
@@ -155,13 +160,13 @@ class VLLMEngine:
         )
 
     def sync_weights(self, policy: nn.Module | Mapping[str, Tensor]) -> None:
-        from spo.rollout.weights import policy_weights
+        from spo.policy.weights import policy_weights
 
         weights = policy_weights(policy) if isinstance(policy, nn.Module) else dict(policy)
         if self.lora:
             self._sync_adapter(weights)
             return
-        self.llm.collective_rpc(_load_weights, args=(list(weights.items()),))
+        self.llm.collective_rpc(load_weights_rpc, args=(list(weights.items()),))
         self.llm.reset_prefix_cache()
 
     def _sync_adapter(self, weights: dict[str, Tensor]) -> None:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spo.tasks import Example, Task, TaskError, content_id
 from spo.tasks.answers import last_integer
+from spo.tasks.base import Example, Task, TaskError, content_id
 
 PROMPT = "What is {a} {op} {b}? Reply with only the number."
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spo.tasks import Example, Task, content_id
 from spo.tasks.arithmetic import arithmetic_answer, arithmetic_verify
+from spo.tasks.base import Example, Task, content_id
 
 SYSTEM_PROMPT = (
     "You can run Python code. To run code, write it in a ```python code block and end your "

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spo.tasks import Example, Task, TaskError, content_id
+from spo.tasks.base import Example, Task, TaskError, content_id
 from spo.tasks.verifiers import resolve_reward_fn
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")

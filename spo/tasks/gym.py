@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from spo.tasks import Example, Task, TaskError, content_id
 from spo.tasks.answers import answer_tag, last_line
+from spo.tasks.base import Example, Task, TaskError, content_id
 
 ANSWER_FORMAT = "Give only your final answer, inside <answer></answer> tags."
 _SPLIT_STREAM = {"train": 0, "test": 1}

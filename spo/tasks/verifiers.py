@@ -1,7 +1,7 @@
 """Verifiers for dataset tasks: math-verify equivalence, exact match, user functions.
 
 Each verifier is `verifier(completion, example) -> float | bool` and picklable (a
-module-level function, or a `functools.partial` of one) because `spo.rewards.RewardPool`
+module-level function, or a `functools.partial` of one) because `spo.tasks.rewards.RewardPool`
 runs it in worker processes. A user function given as "pkg.module:function" or
 "/path/file.py:function" is therefore not pickled itself: the worker re-imports it from the
 spec string on first use and caches it.
@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from spo.tasks import Example, TaskError, Verifier
 from spo.tasks.answers import answer_tag, final_answer, last_boxed
+from spo.tasks.base import Example, TaskError, Verifier
 
 UserFunction = Callable[[str, str], "float | bool"]
 

@@ -19,12 +19,16 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from spo.algo.algorithms import ALGORITHMS
+
 
 class ConfigError(ValueError):
     """A bad config value or key; the message is one line for the user."""
 
 
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+def _f(default: Any, help: str, choices: Any = None) -> Any:
+    """A field with its help text and choices: a tuple, or a function returning one (asked
+    when validating, for choices that live in a table, e.g. `ALGORITHMS`)."""
     meta = {"help": help, "choices": choices}
     if isinstance(default, list | dict):
         return field(default_factory=lambda: default, metadata=meta)
@@ -286,7 +290,9 @@ class LogConfig:
 
 @dataclass
 class TrainConfig:
-    algo: str = _f("spo", "algorithm", ("spo", "grpo", "rloo", "dr_grpo"))
+    algo: str = _f(
+        "spo", "algorithm (a row of spo.algo.algorithms.ALGORITHMS)", lambda: tuple(ALGORITHMS)
+    )
     baseline: str = _f(
         "tracker",
         "SPO baseline: tracker, or none (ablation: A = r, still batch-normalised)",
@@ -297,7 +303,12 @@ class TrainConfig:
         64,
         "responses per step; group algorithms use samples_per_step/group_size prompts x group_size",
     )
-    group_size: int = _f(8, "responses per prompt for grpo/rloo/dr_grpo")
+    group_size: int = _f(
+        8,
+        "responses per prompt of the group algorithms ("
+        + ", ".join(name for name, a in ALGORITHMS.items() if a.grouped)
+        + ")",
+    )
     seed: int = _f(0, "seed of sampling, generation and initialisation")
     run_dir: str | None = _f(None, "run directory (null = runs/<algo>-<time>)")
     resume: bool = _f(False, "continue from the newest valid checkpoint in run_dir")
@@ -365,10 +376,16 @@ def _walk(obj: Any, prefix: str = ""):
             yield f"{prefix}{f.name}", f, value
 
 
+def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The valid values of a config field (None = any), table-backed choices resolved now."""
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check choices and ranges; raise ConfigError naming the key."""
     for key, f, value in _walk(cfg):
-        choices = f.metadata.get("choices")
+        choices = field_choices(f)
         if choices and value not in choices:
             raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(choices)}")
     positive = [
@@ -402,12 +419,13 @@ def validate(cfg: TrainConfig) -> None:
                 f"{key} must be {'> 0' if key == 'task.train_size' else '>= 0'} "
                 f"(or null for the task's default), got {values[key]}"
             )
-    if cfg.algo != "spo" and cfg.samples_per_step % cfg.group_size:
+    grouped = ALGORITHMS[cfg.algo].grouped
+    if grouped and cfg.samples_per_step % cfg.group_size:
         raise ConfigError(
             f"samples_per_step={cfg.samples_per_step} is not divisible by group_size="
             f"{cfg.group_size} (needed by algo={cfg.algo}); pick multiples of group_size"
         )
-    if cfg.algo != "spo" and cfg.group_size < 2:
+    if grouped and cfg.group_size < 2:
         raise ConfigError(f"group_size must be >= 2 for algo={cfg.algo}, got {cfg.group_size}")
     if cfg.samples_per_step % cfg.optim.updates_per_step:
         raise ConfigError(
@@ -484,7 +502,13 @@ def help_text() -> str:
     lines = []
     for key, f, value in _walk(TrainConfig()):
         typ = getattr(f.type, "__name__", None) or str(f.type)
-        choices = f.metadata.get("choices")
+        choices = field_choices(f)
         extra = f" {{{'|'.join(choices)}}}" if choices else ""
         lines.append(f"  {key}={value!s}{extra}\n      {f.metadata['help']} [{typ}]")
     return "\n".join(lines)
+
+
+def task_kwargs(cfg: TrainConfig) -> dict:
+    """TaskConfig fields that `spo.tasks.load_task` takes; `system_prompt` is not one of
+    them: it feeds the chat template (`Task.chat_system_prompt`)."""
+    return {k: v for k, v in dataclasses.asdict(cfg.task).items() if k != "system_prompt"}

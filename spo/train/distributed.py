@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from spo.logprobs import completion_logp
-from spo.rollout.batch import PackedBatch
-from spo.rollout.weights import is_peft, load_policy_weights, policy_weights
+from spo.policy.batch import PackedBatch
+from spo.policy.logprobs import completion_logp
+from spo.policy.weights import is_peft, load_policy_weights, policy_weights
 from spo.train.optim import MasterWeightAdamW, optimizer_from_config
 from spo.train.update import Comm, ppo_update, rows_logp
 
@@ -164,7 +164,7 @@ class TrainerRank:
         return f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
     def setup(self, init_method: str, model_source: str) -> None:
-        from spo.models import load_policy
+        from spo.policy.models import load_policy
 
         cfg, cuda = self.cfg, self.device.type == "cuda"
         if cuda and not torch.cuda.is_available():
@@ -187,7 +187,7 @@ class TrainerRank:
             attn_implementation="sdpa" if cuda else None,
         )
         if cfg.model.lora.r and not is_peft(policy):
-            from spo.lora import apply_lora
+            from spo.policy.lora import apply_lora
 
             policy = apply_lora(policy, cfg.model.lora, seed=cfg.seed)
         temperature = cfg.rollout.temperature or 1.0
@@ -208,7 +208,7 @@ class TrainerRank:
             weights = policy_weights(self.policy)
         return weights if self.rank == 0 else None
 
-    def update(self, batch, adv_B, behaviour_BT, stale_B):
+    def update(self, batch, adv_B, behaviour_logp_BT, stale_B):
         stats, old_logp_BT = ppo_update(
             self.logp_fn,
             self.model,
@@ -216,7 +216,7 @@ class TrainerRank:
             self.cfg,
             batch,
             adv_B,
-            behaviour_BT,
+            behaviour_logp_BT,
             stale_B,
             comm=self.comm,
         )
@@ -261,7 +261,7 @@ class TrainerRank:
 
 def _check_resources(ray, c: Any) -> None:
     """Fail now, not hang: Ray waits forever for actors the cluster cannot place."""
-    from spo.train.trainer import TrainError
+    from spo.train import TrainError
 
     have = ray.cluster_resources()
     for name, per_rank, per_worker in (
@@ -298,7 +298,7 @@ class TrainerGroup:
         self._call("setup", init_method, model_source)
 
     def _get(self, refs):
-        from spo.train.trainer import TrainError
+        from spo.train import TrainError
 
         try:
             return self.ray.get(refs)
@@ -313,8 +313,8 @@ class TrainerGroup:
         refs = [self.ray.put(a) for a in args]
         return self._get([getattr(r, method).remote(*refs) for r in self.ranks])[0]
 
-    def update(self, batch, adv_B, behaviour_BT, stale_B=None):
-        stats, old_logp_BT, weights = self._call("update", batch, adv_B, behaviour_BT, stale_B)
+    def update(self, batch, adv_B, behaviour_logp_BT, stale_B=None):
+        stats, old_logp_BT, weights = self._call("update", batch, adv_B, behaviour_logp_BT, stale_B)
         load_policy_weights(self.model, weights)
         return stats, old_logp_BT
 

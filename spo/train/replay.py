@@ -38,16 +38,16 @@ class ReplayStore:
         return sum(t.nbytes + lp.nbytes for t, lp in self._items.values())
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        keys = np.array(sorted(self._items), dtype=np.int64)
-        lengths = np.array([len(self._items[k][0]) for k in keys], dtype=np.int64)
+        prompt_idx = np.array(sorted(self._items), dtype=np.int64)
+        lengths = np.array([len(self._items[k][0]) for k in prompt_idx], dtype=np.int64)
 
         def cat(j: int, dt) -> np.ndarray:
-            if not len(keys):
+            if not len(prompt_idx):
                 return np.zeros(0, dt)
-            return np.concatenate([self._items[k][j] for k in keys]).astype(dt)
+            return np.concatenate([self._items[k][j] for k in prompt_idx]).astype(dt)
 
         return {
-            "prompt": keys,
+            "prompt_idx": prompt_idx,
             "length": lengths,
             "tokens": cat(0, np.int32),
             "logp": cat(1, np.float32),
@@ -55,9 +55,11 @@ class ReplayStore:
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self._items = {}
-        if not state or len(state.get("prompt", ())) == 0:
+        # "prompt" is the key checkpoints written before the one-name-per-concept rename use
+        prompt_idx = state.get("prompt_idx", state.get("prompt", ())) if state else ()
+        if len(prompt_idx) == 0:
             return
         bounds = np.concatenate([[0], np.cumsum(state["length"])])
-        for i, key in enumerate(state["prompt"]):
+        for i, key in enumerate(prompt_idx):
             lo, hi = bounds[i], bounds[i + 1]
             self._items[int(key)] = (state["tokens"][lo:hi].copy(), state["logp"][lo:hi].copy())

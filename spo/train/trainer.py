@@ -1,21 +1,22 @@
 """The training loop: SPO and the group baselines in one linear harness.
 
 One step (design.md):
-    ids      = sampler.draw(tracker.values(), prompts_per_step)    # prioritised for SPO
-    rollouts = engine.generate(prompts[ids] × responses_per_prompt, seed=f(seed, step))
+    idx      = sampler.draw(tracker.values(), prompts_per_step)    # prioritised for SPO
+    rollouts = engine.generate(prompts[idx] × responses_per_prompt, seed=f(seed, step))
     reward   = reward_pool(rollouts)                                # isolated, time-limited
-    adv      = ADVANTAGES[algo](reward, baseline=tracker.value(ids) (pre-update), groups)
+    adv      = ADVANTAGES[algo](reward, baseline=tracker.value(idx) (pre-update), groups)
     for mini-batch: optimizer.step(ppo_clip_loss(...))
-    rho      = forgetting(ids, policy before/after)                 # drift | replay | constant
-    tracker.update(ids, reward, rho)                                 # after the policy update
+    rho      = estimator.step(idx, policy before/after)             # drift | replay | constant
+    tracker.update(idx, reward, rho)                                 # after the policy update
 
 The algorithm is data (`ALGORITHMS`): GRPO differs from SPO only by responses per prompt,
 advantage function and sampler mode. Fairness is structural: every algorithm generates
 `samples_per_step` responses and takes `optim.updates_per_step` optimizer steps per step.
 
-Resume is lossless: generation is seeded from (seed, step), the sampler RNG, tracker, drift
-state, replay store, optimizer (fp32 masters) and counters are checkpointed, so N straight
-steps and k steps + resume to N draw the same prompts and give the same tracker state.
+Resume is lossless: generation is seeded from (seed, step), the sampler RNG, tracker, the
+active ρ estimator's state (drift clock or replay store; `spo.train.forgetting`), optimizer
+(fp32 masters) and counters are checkpointed, so N straight steps and k steps + resume to N
+draw the same prompts and give the same tracker state.
 
 With `rollout.mode=async` or multi-turn tool use (`rollout.max_turns > 1`) the first two
 lines of the step become `batch = scheduler.next_batch(version)`: finished samples from a
@@ -25,72 +26,41 @@ checkpointed too. The rest of the step is the same.
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spo.algo import (
-    ADVANTAGES,
-    SPOState,
-    advantage_variance,
-    degenerate_fraction,
-    policy_drift,
-    replay_divergence,
-    small_advantage_fraction,
-)
-from spo.diagnostics import write_diagnostics
-from spo.models import load_policy
-from spo.rewards import RewardPool
-from spo.rollout.batch import pack, pad_logp
+from spo.algo import ADVANTAGES, SPOState
+from spo.algo.algorithms import ALGORITHMS
+from spo.algo.values import load_values
+from spo.policy.batch import pack, pad_logp
+from spo.policy.models import load_policy
+from spo.policy.weights import is_peft
 from spo.rollout.factory import make_engine
 from spo.rollout.multiturn import PythonTool, ToolMessages
 from spo.rollout.scheduler import RolloutScheduler
-from spo.rollout.weights import is_peft
-from spo.sandbox import SandboxError
 from spo.tasks import load_task
+from spo.tasks.rewards import RewardPool
+from spo.tools.sandbox import SandboxError
+from spo.train import TrainError
 from spo.train import checkpoint as ckpt
-from spo.train.config import TrainConfig, to_dict, to_yaml
+from spo.train.config import TrainConfig, task_kwargs, to_dict, to_yaml
+from spo.train.diagnostics import write_diagnostics
+from spo.train.forgetting import make_estimator
 from spo.train.heap import TRIM_EVERY, trim_heap
 from spo.train.logging import RunLogger, reset_logs, sample_positions, sample_row
 from spo.train.optim import optimizer_from_config
-from spo.train.replay import ReplayStore
+from spo.train.step_metrics import StepRecord, StepTimes, step_metrics
 from spo.train.update import LocalUpdate
-from spo.train.values import load_values
-
-
-class TrainError(ValueError):
-    """A run that cannot start or continue; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    advantage: str  # key of spo.algo.ADVANTAGES
-    grouped: bool  # G responses per prompt, advantage over the group
-    sampler: str  # default prompt sampling: priority | uniform
-
-
-ALGORITHMS = {
-    "spo": Algorithm(advantage="spo", grouped=False, sampler="priority"),
-    "grpo": Algorithm(advantage="grpo", grouped=True, sampler="uniform"),
-    "rloo": Algorithm(advantage="rloo", grouped=True, sampler="uniform"),
-    "dr_grpo": Algorithm(advantage="dr_grpo", grouped=True, sampler="uniform"),
-}
 
 
 def _step_seed(seed: int, step: int, stream: int) -> int:
     """Independent, reproducible seeds per (run seed, step, purpose)."""
     return int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0])
-
-
-def _task_kwargs(cfg: TrainConfig) -> dict:
-    """TaskConfig fields that `load_task` takes (system_prompt feeds the chat template)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.task).items() if k != "system_prompt"}
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -110,7 +80,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
 
         resume_from = self._resume_checkpoint() if cfg.resume else None
-        self.task = load_task(**_task_kwargs(cfg))
+        self.task = load_task(**task_kwargs(cfg))
         if not self.task.train:
             raise TrainError(f"task {cfg.task.name!r} has no training prompts")
         print(self.task.summary(), flush=True)  # prompts used, duplicates, rows skipped
@@ -130,7 +100,7 @@ class Trainer:
             model_source, dtype=cfg.model.dtype, device="cpu" if group else cfg.model.device
         )
         if cfg.model.lora.r and not is_peft(self.model):  # a resumed LoRA run loads its adapter
-            from spo.lora import apply_lora
+            from spo.policy.lora import apply_lora
 
             self.model = apply_lora(self.model, cfg.model.lora, seed=cfg.seed)
         self.prompt_tokens = self._encode([ex.prompt for ex in self.train_examples])
@@ -167,7 +137,16 @@ class Trainer:
             seed=cfg.seed,
             sampler=mode,
         )
-        self.replay = ReplayStore()
+        # ρ: only the configured estimator is built (and checkpointed), spo.train.forgetting
+        self.rho = make_estimator(
+            t.rho,
+            spo=self.spo,
+            scorer=self.updater,
+            prompt_tokens=self.prompt_tokens,
+            pad_id=self.tokenizer.pad_token_id,
+            rho_constant=t.rho_constant,
+            drift_sample=t.drift_sample,
+        )
         self.scheduler = self._build_scheduler()
         self.step = 0
         self.samples_seen = 0
@@ -234,7 +213,7 @@ class Trainer:
         return ckpt.newest_intact(self.ckpt_root)
 
     def _encode(self, prompts: list[str]) -> list[list[int]]:
-        from spo.models import encode_prompts
+        from spo.policy.models import encode_prompts
 
         system = self.task.chat_system_prompt(self.cfg.task.system_prompt)
         return encode_prompts(self.tokenizer, prompts, system_prompt=system)
@@ -258,7 +237,7 @@ class Trainer:
 
         def score(samples):
             return self.rewards(
-                [s.final_text for s in samples], [examples[s.prompt] for s in samples]
+                [s.final_text for s in samples], [examples[s.prompt_idx] for s in samples]
             )
 
         def draw(k, eligible):
@@ -288,18 +267,18 @@ class Trainer:
         )
 
     def _init_offline(self, path: str) -> None:
-        ids = [ex.id for ex in self.train_examples]
-        idx, successes, trials = load_values(path, ids)
-        if len(idx) == 0:
+        prompt_ids = [ex.id for ex in self.train_examples]
+        prompt_idx, successes, trials = load_values(path, prompt_ids)
+        if len(prompt_idx) == 0:
             raise TrainError(
                 f"values file {path!r} shares no prompt id with task "
                 f"{self.cfg.task.name!r}; rerun `spo init-values` for this task"
             )
-        self.tracker.init_from_counts(idx, successes, trials)
-        missing = len(ids) - len(idx)
+        self.tracker.init_from_counts(prompt_idx, successes, trials)
+        missing = len(prompt_ids) - len(prompt_idx)
         if missing:
             print(
-                f"offline init: {missing} of {len(ids)} prompts not in {path}; they start "
+                f"offline init: {missing} of {len(prompt_ids)} prompts not in {path}; they start "
                 "at the prior"
             )
 
@@ -311,8 +290,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "prompt_ids": np.array([ex.id for ex in self.train_examples]),
             "tracker": self.tracker.state_dict(),
-            "drift": self.drift.state_dict(),
-            "replay": self.replay.state_dict(),
+            **({self.rho.key: self.rho.state_dict()} if self.rho.key else {}),
             "sampler": self.sampler.state_dict(),
             **({"rollout": self.scheduler.state_dict()} if self.scheduler else {}),
         }
@@ -334,8 +312,8 @@ class Trainer:
 
     def _load_state(self, path: Path) -> None:
         state = ckpt.read_state(path)
-        ids = [str(x) for x in state["prompt_ids"]]
-        if ids != [ex.id for ex in self.train_examples]:
+        prompt_ids = [str(x) for x in state["prompt_ids"]]
+        if prompt_ids != [ex.id for ex in self.train_examples]:
             raise TrainError(
                 f"checkpoint {path} was trained on different prompts than task "
                 f"{self.cfg.task.name!r} gives now; resume with the run's task "
@@ -344,8 +322,8 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
             self.tracker.load_state_dict(state["tracker"])
-            self.drift.load_state_dict(state["drift"])
-            self.replay.load_state_dict(state.get("replay", {}))
+            if self.rho.key in state:  # absent: a run resumed under another tracker.rho
+                self.rho.load_state_dict(state[self.rho.key])
             self.sampler.load_state_dict(state["sampler"])
             if self.scheduler is not None and "rollout" in state:
                 self.scheduler.load_state_dict(state["rollout"])
@@ -371,36 +349,41 @@ class Trainer:
                 "samples_per_step"
             )
         if self.scheduler is None:  # synchronous: this step's batch, generated now
-            ids = np.asarray(self.spo.select(prompts_per_step), dtype=np.int64)
-            ids_B = np.repeat(ids, group)
+            prompt_idx = np.asarray(self.spo.select(prompts_per_step), dtype=np.int64)
+            prompt_idx_B = np.repeat(prompt_idx, group)
             group_id_B = torch.from_numpy(np.repeat(np.arange(prompts_per_step), group))
             rollouts = self.engine.generate(
-                [self.prompt_tokens[i] for i in ids_B], seed=_step_seed(cfg.seed, step, 0)
+                [self.prompt_tokens[i] for i in prompt_idx_B], seed=_step_seed(cfg.seed, step, 0)
             )
             t_gen = time.perf_counter()
-            scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in ids_B])
+            scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in prompt_idx_B])
             loss_mask, stale_B, rollout_stats = None, None, {}
         else:  # the first finished samples of the in-flight pool, already scored
             fb = self.scheduler.next_batch(self.step)
-            ids_B, group_id_B, rollouts, scored = fb.prompt_B, fb.group_id_B, fb.rollouts, fb.reward
-            ids = np.array(list(dict.fromkeys(ids_B.tolist())), dtype=np.int64)
+            prompt_idx_B, group_id_B, rollouts, scored = (
+                fb.prompt_idx_B,
+                fb.group_id_B,
+                fb.rollouts,
+                fb.reward,
+            )
+            prompt_idx = np.array(list(dict.fromkeys(prompt_idx_B.tolist())), dtype=np.int64)
             loss_mask, stale_B, rollout_stats = fb.loss_mask, fb.stale_B, fb.stats
             t_gen = time.perf_counter()
-        self.last_prompt_ids = ids
+        self.last_prompt_idx = prompt_idx
         reward_B = torch.from_numpy(np.asarray(scored.reward_B, dtype=np.float32))
         t_score = time.perf_counter()
 
         # Baseline is read BEFORE this step's rewards are absorbed (unbiased gradient).
-        if cfg.baseline == "none" and not self.algo.grouped:
-            adv_name, baseline_B = "none", torch.zeros_like(reward_B)
+        if cfg.baseline == "none" and self.algo.without_baseline:
+            adv_name, baseline_B = self.algo.without_baseline, torch.zeros_like(reward_B)
         else:
             adv_name = self.algo.advantage
-            baseline_B = torch.from_numpy(self.spo.baseline(ids_B).astype(np.float32))
+            baseline_B = torch.from_numpy(self.spo.baseline(prompt_idx_B).astype(np.float32))
         adv_B = ADVANTAGES[adv_name](reward_B, baseline_B=baseline_B, group_id_B=group_id_B)
-        self._keep_samples(step, ids_B, rollouts.texts, reward_B, adv_B)  # v̂ before update
+        self._keep_samples(step, prompt_idx_B, rollouts.texts, reward_B, adv_B)  # v̂ before update
 
         batch = pack(
-            rollouts.prompt_ids,
+            rollouts.prompt_tokens,
             rollouts.completion_ids,
             pad_id=self.tokenizer.pad_token_id,
             loss_mask=loss_mask,
@@ -410,26 +393,32 @@ class Trainer:
         self.engine.sync_weights(self.model)
         t_train = time.perf_counter()
 
-        rho_kw, rho_stats = self._forgetting(ids_B, batch, rollouts, old_logp_BT)
-        self.spo.observe(ids_B, reward_B, step=step, **rho_kw)
+        rho_kw, rho_stats = self.rho.step(prompt_idx_B, batch, rollouts, old_logp_BT)
+        self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)
         if step % TRIM_EVERY == 0:  # freed activations back to the OS (spo.train.heap)
             trim_heap()
         t_end = time.perf_counter()
 
         self.step = step
-        self.samples_seen += len(ids_B)
+        self.samples_seen += len(prompt_idx_B)
         self.train_seconds += t_end - t_start
-        return self._step_metrics(
-            reward_B,
-            baseline_B,
-            group_id_B,
-            adv_name,
-            ids,
-            scored,
-            rollouts,
-            train_stats,
-            {**rho_stats, **rollout_stats},
-            (t_start, t_gen, t_score, t_train, t_end),
+        record = StepRecord(
+            reward_B=reward_B,
+            baseline_B=baseline_B,
+            group_id_B=group_id_B,
+            prompts=prompt_idx,
+            scored=scored,
+            rollouts=rollouts,
+            times=StepTimes(t_start, t_gen, t_score, t_train, t_end),
+            train_stats=train_stats,
+            extra_stats={**rho_stats, **rollout_stats},
+        )
+        return step_metrics(
+            record,
+            self.tracker,
+            grouped=self.algo.grouped,
+            samples_seen=self.samples_seen,
+            wall_seconds=self.train_seconds,
         )
 
     def _update(
@@ -438,106 +427,10 @@ class Trainer:
         """PPO-clip updates (`spo.train.update.ppo_update`, here or in the trainer group);
         returns stats and the pre-update log-probs (needed by the drift/replay estimators).
         Behaviour log-probs go along for stale async rows and loss.tis_cap."""
-        behaviour_BT = None
+        behaviour_logp_BT = None
         if self.cfg.loss.tis_cap or stale_B is not None:
-            behaviour_BT = pad_logp(rollouts.logp, batch.completion_mask_BT.shape[1])
-        return self.updater.update(batch, adv_B, behaviour_BT, stale_B)
-
-    def _forgetting(self, ids_B, batch, rollouts, old_logp_BT):
-        """rho per sample as `SPOState.observe` arguments: constant, cumulative drift
-        (O(1)/prompt, SPOState's drift clock) or replay divergence (reference)."""
-        t = self.cfg.tracker
-        if t.rho == "constant":
-            return {"rho": t.rho_constant}, {}
-        if t.rho == "drift":
-            n = min(t.drift_sample, len(ids_B))
-            sub = batch.select(torch.arange(n))
-            new = self.updater.logp(sub)
-            step_drift = float(
-                policy_drift(new, old_logp_BT[:n, : new.shape[1]], sub.completion_mask_BT)
-            )
-            self.spo.advance(step_drift)  # observe() reads D(x) from the clock and marks x
-            return {}, {"rho/step_drift": step_drift}
-        # replay: the reference code's estimator (one stored response per prompt)
-        d_B = np.zeros(len(ids_B), dtype=np.float32)
-        known = [i for i, pid in enumerate(ids_B) if pid in self.replay]
-        with torch.no_grad():
-            if known:
-                stored = [self.replay.get(int(ids_B[i])) for i in known]
-                old = pack(
-                    [self.prompt_tokens[ids_B[i]] for i in known],
-                    [s[0].tolist() for s in stored],
-                    pad_id=self.tokenizer.pad_token_id,
-                )
-                new = self.updater.logp(old)
-                stored_BT = torch.zeros_like(new)
-                for row, (_, lp) in enumerate(stored):
-                    stored_BT[row, : len(lp)] = torch.from_numpy(lp)
-                d_B[known] = replay_divergence(new, stored_BT, old.completion_mask_BT).numpy()
-            after = self.updater.logp(batch)
-        lengths = batch.completion_mask_BT.sum(1).tolist()
-        for row, pid in enumerate(ids_B):
-            n_tok = int(lengths[row])
-            self.replay.put(
-                int(pid),
-                np.asarray(rollouts.completion_ids[row], dtype=np.int32),
-                after[row, :n_tok].numpy().astype(np.float32),
-            )
-        return {"divergence": d_B}, {"rho/replay_bytes": float(self.replay.nbytes)}
-
-    def _step_metrics(
-        self,
-        reward_B,
-        baseline_B,
-        group_id_B,
-        adv_name,
-        ids,
-        scored,
-        rollouts,
-        train_stats,
-        rho_stats,
-        times,
-    ) -> dict[str, float]:
-        t_start, t_gen, t_score, t_train, t_end = times
-        raw_adv_B = reward_B - baseline_B
-        if self.algo.grouped:  # the group-mean baseline of the update itself
-            means = torch.zeros(int(group_id_B.max()) + 1).index_add_(0, group_id_B, reward_B)
-            raw_adv_B = reward_B - (means / torch.bincount(group_id_B).float())[group_id_B]
-        lengths = np.array([len(c) for c in rollouts.completion_ids])
-        values = self.tracker.value(ids)
-        counts = self.tracker.count(ids)
-        m = {
-            "samples": self.samples_seen,
-            "reward/mean": float(reward_B.mean()),
-            "reward/timeouts": scored.timeouts,
-            "reward/errors": scored.errors,
-            "adv/variance": float(advantage_variance(raw_adv_B)),
-            "adv/abs_le_1e-4": float(small_advantage_fraction(raw_adv_B, 1e-4)),
-            "adv/abs_le_0.02": float(small_advantage_fraction(raw_adv_B, 0.02)),
-            "tracker/value_mean": float(values.mean()),
-            "tracker/count_mean": float(counts.mean()),
-            "tracker/seen_fraction": float(self.tracker.seen_fraction()),
-            "completion/length_mean": float(lengths.mean()),
-            "completion/truncated_fraction": float(1 - np.mean(rollouts.finished)),
-            "time/generate": t_gen - t_start,
-            "time/score": t_score - t_gen,
-            "time/train": t_train - t_score,
-            "time/tracker": t_end - t_train,
-            "time/step": t_end - t_start,
-            "throughput/samples_per_s": len(reward_B) / (t_end - t_start),
-            "throughput/gen_tokens_per_s": float(lengths.sum()) / max(t_gen - t_start, 1e-9),
-            "wall_seconds": self.train_seconds,
-            **train_stats,
-            **rho_stats,
-        }
-        if self.algo.grouped:  # singleton "groups" of SPO would all count as degenerate
-            m["adv/degenerate_fraction"] = float(degenerate_fraction(reward_B, group_id_B))
-            m["adv/variance_nondegenerate"] = float(
-                advantage_variance(
-                    raw_adv_B, group_id_B, exclude_degenerate=True, reward_B=reward_B
-                )
-            )
-        return m
+            behaviour_logp_BT = pad_logp(rollouts.logp, batch.completion_mask_BT.shape[1])
+        return self.updater.update(batch, adv_B, behaviour_logp_BT, stale_B)
 
     # ---------------------------------------------------------------------- run
     def _on_signal(self, signum, _frame) -> None:
@@ -546,16 +439,16 @@ class Trainer:
         self._stop_requested = True
         print(f"\n{signal.Signals(signum).name}: finishing this step, checkpointing, exiting")
 
-    def _keep_samples(self, step: int, ids_B, texts: list[str], reward_B, adv_B) -> None:
+    def _keep_samples(self, step: int, prompt_idx_B, texts: list[str], reward_B, adv_B) -> None:
         """samples.jsonl rows of this step at evenly spaced batch positions, with v̂ read
         now (before the tracker absorbs this step); written once the step is logged."""
         rows = sample_positions(len(texts), self.cfg.log.samples_per_step)
-        value_R = self.spo.baseline(np.asarray(ids_B)[rows]) if rows else []
+        value_R = self.spo.baseline(np.asarray(prompt_idx_B)[rows]) if rows else []
         self._samples = [
             sample_row(
                 step,
                 "train",
-                self.train_examples[int(ids_B[i])],
+                self.train_examples[int(prompt_idx_B[i])],
                 texts[i],
                 reward_B[i],
                 advantage=adv_B[i],
@@ -569,7 +462,7 @@ class Trainer:
         from spo.eval import evaluate_with_samples
 
         metrics, samples = evaluate_with_samples(
-            self.model,
+            self.engine,  # the configured engine (Ray actors too), not the driver's copy
             self.tokenizer,
             self.task,
             self.eval_examples,

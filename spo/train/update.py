@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from spo.algo import ppo_clip_loss, tis_weight
-from spo.logprobs import completion_logp
-from spo.rollout.batch import PackedBatch
+from spo.policy.batch import PackedBatch
+from spo.policy.logprobs import completion_logp
 
 LogpFn = Callable[[PackedBatch], Tensor]  # differentiable completion log-probs, (B, T)
 
@@ -87,7 +87,7 @@ def ppo_update(
     cfg: Any,
     batch: PackedBatch,
     adv_B: Tensor,
-    behaviour_BT: Tensor | None,
+    behaviour_logp_BT: Tensor | None,
     stale_B: Tensor | None = None,
     comm: Comm = LOCAL,
 ) -> tuple[dict[str, float], Tensor]:
@@ -95,7 +95,7 @@ def ppo_update(
     the pre-update log-probs (needed by the drift/replay estimators), on every rank.
 
     Rows marked in `stale_B` (async rollouts older than rollout.max_staleness) take
-    their behaviour log-probs (`behaviour_BT`) as old_logp: the importance ratio is
+    their behaviour log-probs (`behaviour_logp_BT`) as old_logp: the importance ratio is
     against the policy that sampled them. With loss.tis_cap, tokens are weighted by the
     truncated ratio of trainer to engine log-probs. `cfg` is a TrainConfig."""
     B = adv_B.shape[0]
@@ -136,13 +136,16 @@ def ppo_update(
             else:
                 old_bt = old_logp_BT[idx, :T]
             if stale_B is not None:
-                old_bt = torch.where(stale_B[idx, None], behaviour_BT[idx, :T], old_bt)
+                old_bt = torch.where(stale_B[idx, None], behaviour_logp_BT[idx, :T], old_bt)
             old_bt = old_bt.to(dev)
             sub_mask_bt = sub.completion_mask_BT.to(dev)
             weight_bt, tis_stats = None, {}
             if cfg.loss.tis_cap:
                 weight_bt, tis_stats = tis_weight(
-                    old_bt, behaviour_BT[idx, :T].to(dev), sub_mask_bt, tis_cap=cfg.loss.tis_cap
+                    old_bt,
+                    behaviour_logp_BT[idx, :T].to(dev),
+                    sub_mask_bt,
+                    tis_cap=cfg.loss.tis_cap,
                 )
             loss, stats = ppo_clip_loss(
                 logp_bt,
@@ -196,9 +199,16 @@ class LocalUpdate:
         temperature = cfg.rollout.temperature or 1.0
         self.logp_fn = lambda sub: completion_logp(model, sub, temperature=temperature)
 
-    def update(self, batch, adv_B, behaviour_BT, stale_B=None):
+    def update(self, batch, adv_B, behaviour_logp_BT, stale_B=None):
         return ppo_update(
-            self.logp_fn, self.model, self.optimizer, self.cfg, batch, adv_B, behaviour_BT, stale_B
+            self.logp_fn,
+            self.model,
+            self.optimizer,
+            self.cfg,
+            batch,
+            adv_B,
+            behaviour_logp_BT,
+            stale_B,
         )
 
     def logp(self, batch: PackedBatch) -> Tensor:

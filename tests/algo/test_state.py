@@ -18,7 +18,7 @@ from spo.algo import (
     rho_from_divergence,
     spo_advantage,
 )
-from spo.train.values import write_values
+from spo.algo.values import write_values
 
 
 def _assert_same_state(a: dict, b: dict) -> None:

@@ -167,7 +167,7 @@ def test_checkpoint_resume_is_lossless(tiny_model_dir, dataset, tmp_path):
 
 
 def test_keyed_dataset_and_init_values(tiny_model_dir, dataset, tmp_path):
-    from spo.train.values import write_values
+    from spo.algo.values import write_values
 
     values = write_values(tmp_path / "v.parquet", ["q03", "q07"], [8, 0], [8, 8])
     args = config(tmp_path, spo_key_column="qid", spo_init_values=str(values), max_steps=1)

@@ -6,15 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spo.logprobs import completion_logp
-from spo.models import encode_prompts, load_policy
-from spo.rollout.batch import pack
+from spo.policy.batch import pack
+from spo.policy.logprobs import completion_logp
+from spo.policy.models import encode_prompts
 from spo.rollout.hf import HFEngine
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_model_dir):
-    return load_policy(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +39,7 @@ def test_deterministic_per_seed_without_global_rng(policy, prompts):
     assert a.completion_ids == b.completion_ids
     assert all(torch.equal(x, y) for x, y in zip(a.logp, b.logp, strict=True))
     assert a.completion_ids != c.completion_ids
-    assert a.prompt_ids == prompts and len(a) == len(prompts)
+    assert a.prompt_tokens == prompts and len(a) == len(prompts)
 
 
 @pytest.mark.parametrize("compact_at", [0.0, 2.0])  # drop finished rows at once / never
@@ -67,7 +62,7 @@ def test_eos_stops_a_row_and_nothing_follows(policy, prompts, compact_at):
             assert len(ids) == 48
         assert text == tokenizer.decode(ids, skip_special_tokens=True)
     # rows stay matched to their own tokens and log-probs when finished rows are dropped
-    batch = pack(out.prompt_ids, out.completion_ids, pad_id=tokenizer.pad_token_id)
+    batch = pack(out.prompt_tokens, out.completion_ids, pad_id=tokenizer.pad_token_id)
     with torch.no_grad():
         train_BT = completion_logp(model, batch, temperature=1.5)
     gap = (behaviour_BT(out, train_BT) - train_BT).abs().max()
@@ -79,7 +74,7 @@ def test_behaviour_logp_matches_training_logp(policy, prompts, temperature):
     model, tokenizer = policy
     engine = HFEngine(model, tokenizer, max_new_tokens=16, temperature=temperature)
     out = engine.generate(prompts, seed=3)
-    batch = pack(out.prompt_ids, out.completion_ids, pad_id=tokenizer.pad_token_id)
+    batch = pack(out.prompt_tokens, out.completion_ids, pad_id=tokenizer.pad_token_id)
     with torch.no_grad():
         train_BT = completion_logp(model, batch, temperature=temperature)
         other_BT = completion_logp(model, batch, temperature=1.3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spo.models import load_policy
+from spo.policy.models import load_policy
 from spo.rollout.hf import HFEngine
 from spo.rollout.llama import LlamaDecoder, unsupported_reason
 

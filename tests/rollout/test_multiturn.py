@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer
 
-from spo.rollout.batch import pack
+from spo.policy.batch import pack
 from spo.rollout.multiturn import Sample, ToolMessages, apply_tool
 
 
@@ -22,14 +22,17 @@ def test_tool_message_ids_follow_the_chat_template(tiny_model_dir):
 
 def test_tool_tokens_are_masked_out_of_the_packed_batch(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    s = Sample(uid=0, prompt=0, group=0, prompt_ids=[5, 6, 7])
+    s = Sample(uid=0, prompt_idx=0, group=0, prompt_tokens=[5, 6, 7])
     s.completion_ids, s.loss_mask, s.logp, s.ended = [10, 11, 2], [1, 1, 1], [-1.0] * 3, True
     apply_tool(s, "out", ToolMessages(tok))
     n_tool = len(s.completion_ids) - 3
     s.completion_ids += [12]
     s.loss_mask += [1]
     batch = pack(
-        [s.prompt_ids, [5]], [s.completion_ids, [9, 9]], pad_id=0, loss_mask=[s.loss_mask, [1, 1]]
+        [s.prompt_tokens, [5]],
+        [s.completion_ids, [9, 9]],
+        pad_id=0,
+        loss_mask=[s.loss_mask, [1, 1]],
     )
     mask = batch.completion_mask_BT
     assert mask[0].tolist() == [1.0] * 3 + [0.0] * n_tool + [1.0]

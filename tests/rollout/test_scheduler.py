@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from spo.rewards import RewardResult
-from spo.rollout.batch import Rollouts
+from spo.rollout import Rollouts
 from spo.rollout.scheduler import InlineExecutor, RolloutScheduler
+from spo.tasks.rewards import RewardResult
 from spo.train.checkpoint import read_state, write_state
 
 P = 32
@@ -24,13 +24,13 @@ class ScriptedEngine:
     def __init__(self):
         self.calls = 0
 
-    def generate(self, prompt_ids, *, seed):
+    def generate(self, prompt_tokens, *, seed):
         self.calls += 1
-        n = len(prompt_ids)
+        n = len(prompt_tokens)
         return Rollouts(
-            prompt_ids=[list(p) for p in prompt_ids],
+            prompt_tokens=[list(p) for p in prompt_tokens],
             completion_ids=[[2, 3] for _ in range(n)],
-            logp=[torch.tensor([-0.01 * len(p), -0.5]) for p in prompt_ids],
+            logp=[torch.tensor([-0.01 * len(p), -0.5]) for p in prompt_tokens],
             finished=[True] * n,
             texts=["turn"] * n,
         )
@@ -66,7 +66,7 @@ def lowest_free(k, eligible):
 
 
 def score(samples):
-    return RewardResult(np.array([s.prompt % 2 for s in samples], dtype=np.float32), 0, 0)
+    return RewardResult(np.array([s.prompt_idx % 2 for s in samples], dtype=np.float32), 0, 0)
 
 
 def make(tool=None, executor=None, **kw):
@@ -96,9 +96,8 @@ def test_async_admits_first_finished_and_keeps_stragglers_in_flight():
     tool = ScriptedTool(calls=dict.fromkeys(range(4), 1), sleep=dict.fromkeys(range(4), 0.6))
     s = make(tool, ThreadPoolExecutor(8))
     try:
-        t = time.perf_counter()
         fb = s.next_batch(0)
-        assert time.perf_counter() - t < 0.5  # did not wait for the stragglers
+        # the first finished, not the stragglers (no wall-clock bound: it fails under load)
         assert [x.uid for x in fb.samples] == [4, 5, 6, 7]
         assert fb.group_id_B.tolist() == [0, 1, 2, 3]
         assert fb.reward.reward_B.tolist() == [0, 1, 0, 1]
@@ -106,7 +105,7 @@ def test_async_admits_first_finished_and_keeps_stragglers_in_flight():
         assert acc["in_flight"][:4].tolist() == [1, 1, 1, 1]  # stragglers still in flight
         invariant(s)
         fb2 = s.next_batch(1)  # refilled slots (never the busy prompts 0-3) finish first
-        assert [x.prompt for x in fb2.samples] == [4, 5, 6, 7]
+        assert [x.prompt_idx for x in fb2.samples] == [4, 5, 6, 7]
         assert [x.uid for x in fb2.samples] == [8, 9, 10, 11]
         time.sleep(0.7)
         fb3 = s.next_batch(2)  # now the stragglers are done: admitted, staleness 2
@@ -149,7 +148,7 @@ def test_group_barrier_waits_for_every_member():
         fb = s.next_batch(0)
         assert [x.uid for x in fb.samples] == [2, 3, 4, 5]
         assert fb.group_id_B.tolist() == [0, 0, 1, 1]
-        assert [x.prompt for x in fb.samples] == [1, 1, 2, 2]
+        assert [x.prompt_idx for x in fb.samples] == [1, 1, 2, 2]
         assert 0 in {x.uid for x in s.done}  # finished, waiting at the barrier
         time.sleep(0.6)
         fb = s.next_batch(1)  # group of prompt 3 (complete since step 1), then prompt 0's
@@ -175,7 +174,7 @@ def test_stale_samples_are_dropped_and_their_prompts_reissued():
     s = stale_setup(staleness="drop")
     fb = s.next_batch(2)
     assert fb.stats["rollout/dropped"] == 4
-    assert [x.prompt for x in fb.samples] == [4, 5, 6, 7]  # the same prompts, fresh samples
+    assert [x.prompt_idx for x in fb.samples] == [4, 5, 6, 7]  # the same prompts, fresh samples
     assert [x.uid for x in fb.samples] == [8, 9, 10, 11]
     assert fb.staleness_B.tolist() == [0, 0, 0, 0] and not fb.stale_B.any()
     acc = s.accounting()
@@ -222,11 +221,11 @@ def test_real_sandbox_timeouts_never_deadlock(tiny_model_dir):
     code = tok("```python\nwhile True: pass\n```", add_special_tokens=False)["input_ids"]
 
     class CodeEngine(ScriptedEngine):
-        def generate(self, prompt_ids, *, seed):
-            out = super().generate(prompt_ids, seed=seed)
-            out.completion_ids = [[*code, tok.eos_token_id] for _ in prompt_ids]
-            out.logp = [torch.zeros(len(code) + 1) for _ in prompt_ids]
-            out.texts = ["```python\nwhile True: pass\n```"] * len(prompt_ids)
+        def generate(self, prompt_tokens, *, seed):
+            out = super().generate(prompt_tokens, seed=seed)
+            out.completion_ids = [[*code, tok.eos_token_id] for _ in prompt_tokens]
+            out.logp = [torch.zeros(len(code) + 1) for _ in prompt_tokens]
+            out.texts = ["```python\nwhile True: pass\n```"] * len(prompt_tokens)
             return out
 
     runner = ToolRunner(3, timeout_s=0.5, cpu_s=0.5)

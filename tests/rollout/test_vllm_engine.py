@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spo.models import encode_prompts, load_policy
-from spo.rollout import EngineError
+from spo.policy.models import encode_prompts, load_policy
+from spo.rollout import EngineError, SamplingSettings
 from spo.rollout.vllm_engine import VLLMEngine, prompt_seeds
 
 
@@ -97,11 +97,6 @@ def fake_vllm(monkeypatch):
     return vllm
 
 
-@pytest.fixture(scope="module")
-def policy(tiny_model_dir):
-    return load_policy(str(tiny_model_dir))
-
-
 def make(tiny_model_dir, tokenizer, **kwargs):
     args = {"max_new_tokens": 6, "temperature": 0.7, "top_p": 0.9, "seed": 3}
     return VLLMEngine(str(tiny_model_dir), tokenizer, **{**args, **kwargs})
@@ -140,7 +135,7 @@ def test_request_and_rollouts(tiny_model_dir, policy, fake_vllm):
             "max_tokens": 6,
             "logprobs": 0,
         }
-    assert out.prompt_ids == prompts and len(out) == 3
+    assert out.prompt_tokens == prompts and len(out) == 3
     for ids, lp, done, text in zip(
         out.completion_ids, out.logp, out.finished, out.texts, strict=True
     ):
@@ -148,6 +143,34 @@ def test_request_and_rollouts(tiny_model_dir, policy, fake_vllm):
         assert lp.tolist() == pytest.approx([-0.5 - 0.1 * t for t in range(len(ids))])
         assert done == (ids[-1] == 2)
         assert text == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_per_call_settings_become_the_sampling_params(tiny_model_dir, policy, fake_vllm):
+    """A call's SamplingSettings override the configured ones field by field; n samples
+    of a prompt are n rows with seeds of their own (greedy = vLLM's temperature 0)."""
+    _, tokenizer = policy
+    engine = make(tiny_model_dir, tokenizer)
+    llm = FakeLLM.instances[-1]
+    prompts = encode_prompts(tokenizer, ["1 + 1?", "Say hi."])
+    out = engine.generate(
+        prompts, seed=5, sampling=SamplingSettings(temperature=0.0, max_new_tokens=3, n=3)
+    )
+    sent, params, _ = llm.generate_calls[-1]
+    assert sent == [{"prompt_token_ids": p} for p in prompts for _ in range(3)]
+    assert [p.kwargs.pop("seed") for p in params] == prompt_seeds(5, 6)
+    for p in params:
+        assert p.kwargs == {
+            "n": 1,
+            "temperature": 0.0,
+            "top_p": 0.9,
+            "max_tokens": 3,
+            "logprobs": 0,
+        }
+    assert len(out) == 6 and out.prompt_tokens == [p for p in prompts for _ in range(3)]
+    assert max(len(c) for c in out.completion_ids) <= 3
+    engine.generate(prompts, seed=5, sampling=SamplingSettings(top_p=0.5))
+    for p in llm.generate_calls[-1][1]:
+        assert (p.kwargs["temperature"], p.kwargs["top_p"], p.kwargs["max_tokens"]) == (0.7, 0.5, 6)
 
 
 def test_full_weight_sync_loads_every_tensor_and_drops_the_prefix_cache(
@@ -165,7 +188,7 @@ def test_full_weight_sync_loads_every_tensor_and_drops_the_prefix_cache(
 
 
 def test_lora_sync_sends_only_the_adapter(tiny_model_dir, policy, fake_vllm, tmp_path):
-    from spo.lora import apply_lora, lora_kwargs
+    from spo.policy.lora import apply_lora, lora_kwargs
     from spo.train.config import LoraConfig
 
     base, tokenizer = load_policy(str(tiny_model_dir))

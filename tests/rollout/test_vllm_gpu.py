@@ -39,7 +39,7 @@ def gpu_model_dir(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def engine(gpu_model_dir):
     pytest.importorskip("vllm")
-    from spo.models import load_policy
+    from spo.policy.models import load_policy
     from spo.rollout.vllm_engine import VLLMEngine
 
     _, tokenizer = load_policy(str(gpu_model_dir))
@@ -55,9 +55,9 @@ def engine(gpu_model_dir):
 
 
 def test_vllm_logprobs_match_the_trainer(engine, gpu_model_dir):
-    from spo.logprobs import completion_logp
-    from spo.models import encode_prompts, load_policy
-    from spo.rollout.batch import pack, pad_logp
+    from spo.policy.batch import pack, pad_logp
+    from spo.policy.logprobs import completion_logp
+    from spo.policy.models import encode_prompts, load_policy
 
     model, tokenizer = load_policy(str(gpu_model_dir))
     model = model.cuda()
@@ -65,7 +65,7 @@ def test_vllm_logprobs_match_the_trainer(engine, gpu_model_dir):
     a = engine.generate(prompts, seed=1)
     b = engine.generate(prompts, seed=1)
     assert a.completion_ids == b.completion_ids  # per-prompt seeds: reproducible
-    batch = pack(a.prompt_ids, a.completion_ids, pad_id=tokenizer.pad_token_id)
+    batch = pack(a.prompt_tokens, a.completion_ids, pad_id=tokenizer.pad_token_id)
     with torch.no_grad():
         train_BT = completion_logp(model, batch).cpu()
     mask = batch.completion_mask_BT > 0
@@ -74,8 +74,27 @@ def test_vllm_logprobs_match_the_trainer(engine, gpu_model_dir):
     assert float(gap.mean()) < 0.05, float(gap.mean())
 
 
+def test_per_call_settings(engine, gpu_model_dir):
+    """Greedy with n=2: both rows of a prompt are the argmax path, whatever the seed;
+    max_new_tokens per call caps the length; the sampled calls stay as configured."""
+    from spo.policy.models import encode_prompts, load_policy
+    from spo.rollout import SamplingSettings
+
+    _, tokenizer = load_policy(str(gpu_model_dir))
+    prompts = encode_prompts(tokenizer, [f"Name {i} colours." for i in range(6)])
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=5, n=2)
+    a = engine.generate(prompts, seed=1, sampling=greedy)
+    b = engine.generate(prompts, seed=2, sampling=greedy)
+    assert len(a) == 12 and a.completion_ids == b.completion_ids
+    assert a.completion_ids[0::2] == a.completion_ids[1::2]
+    assert max(len(c) for c in a.completion_ids) <= 5
+    sampled = engine.generate(prompts, seed=1)
+    assert max(len(c) for c in sampled.completion_ids) <= 16
+    assert sampled.completion_ids != a.completion_ids[0::2]
+
+
 def test_weight_sync_changes_the_samples(engine, gpu_model_dir):
-    from spo.models import encode_prompts, load_policy
+    from spo.policy.models import encode_prompts, load_policy
 
     model, tokenizer = load_policy(str(gpu_model_dir))
     prompts = encode_prompts(tokenizer, [f"Count to {i}." for i in range(8)])

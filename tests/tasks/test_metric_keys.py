@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from spo.eval import level_suffix, print_table, split_level_key, summarize
+from spo.commands.eval import print_table
+from spo.eval import level_suffix, split_level_key, summarize
 
 GYM_LEVEL = {"num_terms": (2, 6), "num_digits": (1, 4)}
 

@@ -11,8 +11,9 @@ from test_trainer import params_of, tiny_overrides
 
 import spo.train.trainer as trainer_module
 import spo.train.update as update_module
-from spo.logprobs import completion_logp
-from spo.rollout.batch import Rollouts, pack
+from spo.policy.batch import pack
+from spo.policy.logprobs import completion_logp
+from spo.rollout import Rollouts
 from spo.train.config import load_config
 from spo.train.trainer import Trainer
 
@@ -81,7 +82,7 @@ def test_async_grpo_admits_whole_groups(tiny_model_dir, task_files, tmp_path, mo
                 members = [
                     s for s, gid in zip(fb.samples, fb.group_id_B.tolist(), strict=True) if gid == g
                 ]
-                assert len(members) == 4 and len({s.prompt for s in members}) == 1
+                assert len(members) == 4 and len({s.prompt_idx for s in members}) == 1
                 assert len({s.group for s in members}) == 1
         check_accounting(trainer)
     finally:
@@ -148,7 +149,7 @@ def test_stale_samples_train_against_behaviour_logp(
     micro = trainer.cfg.optim.micro_batch_size
     for step, fb in enumerate(batches):
         # micro-batches take rows in order of sequence length (PackedBatch.micro_batches)
-        pairs = zip(fb.rollouts.prompt_ids, fb.rollouts.completion_ids, strict=True)
+        pairs = zip(fb.rollouts.prompt_tokens, fb.rollouts.completion_ids, strict=True)
         seq_len = torch.tensor([len(p) + len(c) for p, c in pairs])
         order = torch.argsort(seq_len, stable=True).tolist()
         for row, is_stale in enumerate(fb.stale_B.tolist()):
@@ -197,15 +198,15 @@ class ForcedCodeTurn:
         m = self.marker
         return any(ctx[i : i + len(m)] == m for i in range(len(ctx) - len(m) + 1))
 
-    def generate(self, prompt_ids, *, seed):
-        forced = [i for i, ctx in enumerate(prompt_ids) if not self._has_tool(ctx)]
-        free = [i for i in range(len(prompt_ids)) if i not in forced]
-        out = self.engine.generate([prompt_ids[i] for i in free], seed=seed) if free else None
-        ids, logp, fin, texts = [None] * len(prompt_ids), [None] * len(prompt_ids), [], []
-        fin, texts = [True] * len(prompt_ids), [""] * len(prompt_ids)
+    def generate(self, prompt_tokens, *, seed):
+        forced = [i for i, ctx in enumerate(prompt_tokens) if not self._has_tool(ctx)]
+        free = [i for i in range(len(prompt_tokens)) if i not in forced]
+        out = self.engine.generate([prompt_tokens[i] for i in free], seed=seed) if free else None
+        ids, logp, fin, texts = [None] * len(prompt_tokens), [None] * len(prompt_tokens), [], []
+        fin, texts = [True] * len(prompt_tokens), [""] * len(prompt_tokens)
         if forced:
             batch = pack(
-                [prompt_ids[i] for i in forced],
+                [prompt_tokens[i] for i in forced],
                 [self.code_ids] * len(forced),
                 pad_id=self.tokenizer.pad_token_id,
             )
@@ -216,7 +217,7 @@ class ForcedCodeTurn:
         for row, i in enumerate(free):
             ids[i], logp[i] = out.completion_ids[row], out.logp[row]
             fin[i], texts[i] = out.finished[row], out.texts[row]
-        return Rollouts([list(p) for p in prompt_ids], ids, logp, fin, texts)
+        return Rollouts([list(p) for p in prompt_tokens], ids, logp, fin, texts)
 
 
 def test_tool_task_trains_with_masked_tool_tokens(
@@ -274,7 +275,7 @@ def test_tool_task_trains_with_masked_tool_tokens(
     # (first policy version: the weights that sampled step 1 are gone, so re-create them)
     model0, _ = trainer_module.load_policy(str(tiny_model_dir), dtype="bfloat16")
     batch = pack(
-        fb.rollouts.prompt_ids, fb.rollouts.completion_ids, pad_id=0, loss_mask=fb.loss_mask
+        fb.rollouts.prompt_tokens, fb.rollouts.completion_ids, pad_id=0, loss_mask=fb.loss_mask
     )
     with torch.no_grad():
         lp = completion_logp(model0, batch)

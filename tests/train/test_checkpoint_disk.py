@@ -20,7 +20,7 @@ import torch
 from test_trainer import tiny_overrides
 
 from spo.cli import main
-from spo.models import load_policy
+from spo.policy.models import load_policy
 from spo.train import checkpoint as ckpt
 
 task_files = test_trainer.task_files  # the fixture, shared

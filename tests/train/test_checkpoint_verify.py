@@ -176,7 +176,7 @@ def test_no_intact_checkpoint_is_one_error_line(trained_run, tmp_path, tiny_mode
 
 
 def test_report_skips_a_damaged_checkpoint(trained_run, tmp_path, tiny_model_dir, capsys):
-    from spo.report import load_run
+    from spo.study.runs import load_run
 
     run, _ = copy_run(trained_run, tmp_path, tiny_model_dir)
     damage(run / "checkpoints/step_000002/state.npz", "truncate")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from test_trainer import params_of, run_collecting_ids, task_files, tiny_overrides  # noqa: F401
 
-from spo.lora import apply_lora
-from spo.models import encode_prompts, load_policy
+from spo.policy.lora import apply_lora
+from spo.policy.models import encode_prompts, load_policy
+from spo.policy.weights import policy_weights
 from spo.rollout.hf import HFEngine
-from spo.rollout.weights import policy_weights
 from spo.train.config import LoraConfig, load_config
 from spo.train.trainer import Trainer
 

@@ -1,4 +1,5 @@
-"""cluster=ray: two Ray rollout actors reproduce the single-process run bit for bit.
+"""cluster=ray: two Ray rollout actors reproduce the single-process run bit for bit, and
+its held-out evaluation (per-call sampling settings sent to the actors).
 
 The local run generates the same two shards in turn (`cluster.rollout_workers=2`), so the
 only difference is where the shards run. Ray starts a local 2-CPU cluster here.
@@ -21,8 +22,8 @@ def _run(cfg):
     completions, prompts, rewards = [], [], []
     generate = trainer.engine.generate
 
-    def recorded(prompt_ids, *, seed):
-        out = generate(prompt_ids, seed=seed)
+    def recorded(prompt_tokens, *, seed, sampling=None):
+        out = generate(prompt_tokens, seed=seed, sampling=sampling)
         completions.append(out.completion_ids)
         return out
 
@@ -30,12 +31,13 @@ def _run(cfg):
     try:
         for _ in range(cfg.steps):
             metrics = trainer.train_step()
-            prompts.append(trainer.last_prompt_ids.tolist())
+            prompts.append(trainer.last_prompt_idx.tolist())
             rewards.append(metrics["reward/mean"])
+        evaluated = trainer.evaluate(k=2)  # greedy + 2 samples per prompt, on the actors
     finally:
         trainer.close()
     weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    return completions, prompts, rewards, trainer.tracker.state_dict(), weights
+    return completions, prompts, rewards, trainer.tracker.state_dict(), weights, evaluated
 
 
 @pytest.mark.slow
@@ -64,3 +66,5 @@ def test_ray_rollout_actors_equal_single_process(tiny_model_dir, task_files, tmp
     for key in want[4]:
         assert torch.equal(got[4][key], want[4][key]), key
     assert any(len(c) for step in want[0] for c in step)
+    assert got[5] == want[5]  # held-out metrics; their completions are in got[0] too
+    assert len(want[0]) == 2 + 2  # two training steps, then eval's sampled and greedy calls

@@ -18,9 +18,9 @@ import pytest
 import torch
 from test_trainer import REWARD_SRC, tiny_overrides
 
-from spo.logprobs import completion_logp
-from spo.models import load_policy
-from spo.rollout.batch import pack
+from spo.policy.batch import pack
+from spo.policy.logprobs import completion_logp
+from spo.policy.models import load_policy
 from spo.train.checkpoint import list_checkpoints
 from spo.train.config import ConfigError, load_config
 from spo.train.trainer import Trainer
@@ -177,7 +177,7 @@ def _run(cfg):
     try:
         while trainer.step < cfg.steps:
             metrics = trainer.train_step()
-            prompts.append(trainer.last_prompt_ids.tolist())
+            prompts.append(trainer.last_prompt_idx.tolist())
             rewards.append(metrics["reward/mean"])
             norms.append(metrics["train/grad_norm"])
             trainer.save_checkpoint()
@@ -285,8 +285,8 @@ def test_trainer_group_equals_single_process(
 
 @pytest.mark.slow
 def test_trainer_group_fails_fast_without_the_gpus(ray_cluster, tiny_model_dir, task, tmp_path):
+    from spo.train import TrainError
     from spo.train.distributed import TrainerGroup
-    from spo.train.trainer import TrainError
 
     cfg = _group_cfg(tiny_model_dir, task, tmp_path / "run", "ddp")
     cfg.cluster.gpus_per_trainer = 1  # the local cluster has no GPU: Ray would wait forever

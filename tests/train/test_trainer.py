@@ -114,8 +114,8 @@ def test_grpo_uses_groups_and_spo_single_stream(tiny_model_dir, task_files, tmp_
             trainer.train_step()
         finally:
             trainer.close()
-        assert len(trainer.last_prompt_ids) == n_prompts
-        assert len(set(trainer.last_prompt_ids.tolist())) == n_prompts
+        assert len(trainer.last_prompt_idx) == n_prompts
+        assert len(set(trainer.last_prompt_idx.tolist())) == n_prompts
 
 
 def run_collecting_ids(cfg) -> tuple[Trainer, list[list[int]]]:
@@ -124,7 +124,7 @@ def run_collecting_ids(cfg) -> tuple[Trainer, list[list[int]]]:
     try:
         while trainer.step < cfg.steps:
             trainer.train_step()
-            drawn.append(trainer.last_prompt_ids.tolist())
+            drawn.append(trainer.last_prompt_idx.tolist())
             if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
                 trainer.save_checkpoint()
     finally:

@@ -25,12 +25,13 @@ import test_trainer
 import torch
 
 import spo.algo.state as state_module
-import spo.models
+import spo.policy.models
 import spo.train.update as update_module
 from spo.algo import ADVANTAGES
+from spo.algo.algorithms import ALGORITHMS
+from spo.algo.values import write_values
 from spo.train.config import load_config
-from spo.train.trainer import ALGORITHMS, Trainer
-from spo.train.values import write_values
+from spo.train.trainer import Trainer
 
 task_files = test_trainer.task_files  # the fixture, shared
 tiny_overrides = test_trainer.tiny_overrides
@@ -402,14 +403,14 @@ def test_train_eval_and_init_values_render_the_same_chat_prompt(
 
     calls: list[tuple[str, list[str], list[list[int]]]] = []
     phase = {"name": "train"}
-    encode = spo.models.encode_prompts
+    encode = spo.policy.models.encode_prompts
 
     def encode_spy(tokenizer, prompts, **kw):
         out = encode(tokenizer, prompts, **kw)
         calls.append((phase["name"], list(prompts), out))
         return out
 
-    monkeypatch.setattr(spo.models, "encode_prompts", encode_spy)
+    monkeypatch.setattr(spo.policy.models, "encode_prompts", encode_spy)
     overrides = [
         f"model.path={tiny_model_dir}",
         "task.name=arithmetic_tool",
@@ -458,7 +459,7 @@ def test_every_loss_row_gets_its_own_advantage(
 ):
     """Row alignment inside the update: the micro-batch a loss call sees is `batch.select(idx)`
     and its advantages must be `adv_B[idx]`, not a permutation of them."""
-    from spo.rollout.batch import PackedBatch
+    from spo.policy.batch import PackedBatch
 
     selected: list[torch.Tensor] = []
     select = PackedBatch.select
@@ -539,7 +540,7 @@ def test_replay_estimator_stores_each_response_and_discounts_revisits(
         trainer.train_step()
         ids_B = spy.prompt_index()
         for row, pid in enumerate(ids_B):
-            tokens, _ = trainer.replay.get(int(pid))
+            tokens, _ = trainer.rho.store.get(int(pid))
             assert tokens.tolist() == list(spy.rollouts.completion_ids[row])
         trainer.train_step()  # 16 + 16 draws of 24 prompts: at least 8 revisits
     finally:
