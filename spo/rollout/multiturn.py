@@ -22,7 +22,11 @@ block (a model that keeps writing after its block has its last block run: `extra
 
 What a "tool call" is, and what running it returns, is a `ToolEnv`: `PythonTool` runs the
 turn's last ```python block in the sandbox (`spo.tools.ToolRunner`); benchmarks plug in
-their own (e.g. a tool that only sleeps).
+their own (e.g. a tool that only sleeps). A call returns a `ToolOutput` (the message text
+and its outcome, one of `spo.tools.OUTCOMES`) or a plain str (outcome "ok": the tool
+returned). Each sample keeps, per call, the text as the model saw it and the outcome
+(`tool_outputs`, `tool_outcomes`) for the run's metrics and samples log
+(`Sample.transcript()`, `tool_stats`).
 """
 
 from __future__ import annotations
@@ -30,8 +34,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from spo.rollout import Rollouts
-from spo.tools import ToolRunner, extract_code, format_tool_output
+from spo.tools import OUTCOMES, ToolRunner, extract_code, format_tool_output, tool_outcome
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """What one tool call returned: the tool message text and its outcome (`OUTCOMES`)."""
+
+    text: str
+    outcome: str = "ok"
 
 
 @dataclass
@@ -44,6 +58,8 @@ class Sample:
     stop_reason: None while in flight; "answer" (a turn without a tool call that ended
     with eos), "length" (a turn cut at max_new_tokens without a tool call), "max_turns".
     ended: the last model turn ended with eos.
+    tool_outputs, tool_outcomes: per tool call, the message text as the model saw it and
+    its outcome ("ok", "error", "timeout", "killed").
     """
 
     uid: int
@@ -56,6 +72,8 @@ class Sample:
     turn_versions: list[int] = field(default_factory=list)
     turn_texts: list[str] = field(default_factory=list)
     tool_calls: int = 0
+    tool_outputs: list[str] = field(default_factory=list)
+    tool_outcomes: list[str] = field(default_factory=list)
     pending: str | None = None
     ended: bool = False
     stop_reason: str | None = None
@@ -84,6 +102,22 @@ class Sample:
         """Policy updates since its oldest model turn was sampled (0: none decoded yet)."""
         return version - min(self.turn_versions) if self.turn_versions else 0
 
+    def transcript(self, tool_role: str = "tool") -> list[dict[str, str]]:
+        """The episode after the prompt as chat messages: each model turn, then the output
+        of its tool call (with "outcome") when it made one that ran."""
+        out: list[dict[str, str]] = []
+        for i, text in enumerate(self.turn_texts):
+            out.append({"role": "assistant", "content": text})
+            if i < len(self.tool_outputs):
+                out.append(
+                    {
+                        "role": tool_role,
+                        "content": self.tool_outputs[i],
+                        "outcome": self.tool_outcomes[i],
+                    }
+                )
+        return out
+
     def to_state(self) -> dict:
         return asdict(self)
 
@@ -97,8 +131,8 @@ class ToolEnv(Protocol):
         """The tool call in model turn `text` (e.g. its code), or None when it answers."""
         ...
 
-    def run(self, call: str) -> str:
-        """Execute one call and return the tool message text (runs in a worker thread)."""
+    def run(self, call: str) -> ToolOutput | str:
+        """Execute one call; the tool message text, with its outcome (runs in a worker thread)."""
         ...
 
 
@@ -111,8 +145,10 @@ class PythonTool:
     def call(self, sample: Sample, text: str) -> str | None:
         return extract_code(text)
 
-    def run(self, call: str) -> str:
-        return format_tool_output(self.runner.execute(call), self.runner.max_output_chars)
+    def run(self, call: str) -> ToolOutput:
+        result = self.runner.execute(call)
+        text = format_tool_output(result, self.runner.max_output_chars)
+        return ToolOutput(text, tool_outcome(result))
 
 
 class ToolMessages:
@@ -183,11 +219,41 @@ def apply_turns(
             s.pending = call
 
 
-def apply_tool(sample: Sample, output: str, messages: ToolMessages) -> None:
+def apply_tool(sample: Sample, output: ToolOutput | str, messages: ToolMessages) -> None:
     """Append a tool message as context: loss mask 0, no behaviour log-prob."""
-    ids = messages.ids(output, ended=sample.ended)
+    if isinstance(output, str):
+        output = ToolOutput(output)
+    if output.outcome not in OUTCOMES:
+        raise ValueError(f"tool outcome must be one of {OUTCOMES}, got {output.outcome!r}")
+    ids = messages.ids(output.text, ended=sample.ended)
     sample.completion_ids += ids
     sample.loss_mask += [0] * len(ids)
     sample.logp += [0.0] * len(ids)
     sample.tool_calls += 1
+    sample.tool_outputs.append(output.text)
+    sample.tool_outcomes.append(output.outcome)
     sample.pending = None
+
+
+def tool_stats(samples: list[Sample]) -> dict[str, float]:
+    """Per-step metrics of multi-turn episodes (keys under "tools/"):
+
+    turns_per_episode: mean model turns; call_rate: share of model turns that made a tool
+    call that ran; calls_<outcome>: tool calls with each outcome; episodes_with_calls: share
+    of episodes that called the tool at least once; episodes_code_ok: share of episodes
+    that called it and whose every call ran without error ("ok").
+    """
+    turns = np.array([len(s.turn_texts) for s in samples], dtype=np.float64)
+    calls = np.array([len(s.tool_outcomes) for s in samples], dtype=np.float64)
+    outcomes = [o for s in samples for o in s.tool_outcomes]
+    stats = {
+        "tools/turns_per_episode": float(turns.mean()),
+        "tools/call_rate": float(calls.sum() / turns.sum()) if turns.sum() else 0.0,
+        "tools/episodes_with_calls": float((calls > 0).mean()),
+        "tools/episodes_code_ok": float(
+            np.mean([bool(s.tool_outcomes) and set(s.tool_outcomes) == {"ok"} for s in samples])
+        ),
+    }
+    for outcome in OUTCOMES:
+        stats[f"tools/calls_{outcome}"] = float(outcomes.count(outcome))
+    return stats

@@ -28,7 +28,12 @@ Engine idle time is wall time inside `next_batch` during which no sample was rea
 decode (every in-flight sample was waiting on a tool). A tool call that has not returned
 `tool_timeout` seconds after it started is abandoned: the sample gets a "[tool call
 abandoned ...]" message and goes on, so a step never waits forever (the sandbox has its own
-limits; this is the backstop for a tool that hangs).
+limits; this is the backstop for a tool that hangs); its outcome is "timeout".
+
+Stats of a step (`FinishedBatch.stats`, logged to metrics.jsonl): wall time, engine idle
+share, staleness, tool calls started during the step; with `max_turns > 1` also the tool
+metrics of the step's episodes (`spo.rollout.multiturn.tool_stats`: turns per episode,
+tool-call rate, calls per outcome, share of episodes whose code ran without error).
 
 Accounting (resume is lossless): `issued_P`, `trained_P`, `dropped_P` count samples per
 prompt, and always `issued = trained + dropped + in flight`. `state_dict()` holds every
@@ -49,7 +54,15 @@ import numpy as np
 import torch
 
 from spo.rollout import Rollouts
-from spo.rollout.multiturn import Sample, ToolEnv, ToolMessages, apply_tool, apply_turns
+from spo.rollout.multiturn import (
+    Sample,
+    ToolEnv,
+    ToolMessages,
+    ToolOutput,
+    apply_tool,
+    apply_turns,
+    tool_stats,
+)
 from spo.tasks.rewards import RewardResult
 
 MODES = ("sync", "async")
@@ -86,11 +99,11 @@ class FinishedBatch:
     stats: dict[str, float]
 
 
-def _safe_run(env: ToolEnv, call: str) -> str:
+def _safe_run(env: ToolEnv, call: str) -> ToolOutput | str:
     try:
         return env.run(call)
     except Exception as e:  # a broken tool is a message to the model, not a crash
-        return f"[tool error: {type(e).__name__}: {e}]"
+        return ToolOutput(f"[tool error: {type(e).__name__}: {e}]", "error")
 
 
 class RolloutScheduler:
@@ -239,7 +252,9 @@ class RolloutScheduler:
                 output = future.result()
             elif now >= deadline:
                 future.cancel()
-                output = f"[tool call abandoned: no result after {self.tool_timeout:g} s]"
+                output = ToolOutput(
+                    f"[tool call abandoned: no result after {self.tool_timeout:g} s]", "timeout"
+                )
                 self.totals["abandoned"] += 1
             else:
                 continue
@@ -326,6 +341,8 @@ class RolloutScheduler:
             "rollout/tool_calls_per_sample": float(np.mean([s.tool_calls for s in batch])),
             "rollout/tools_abandoned": float(self.totals["abandoned"] - abandoned0),
         }
+        if self.max_turns > 1:
+            stats.update(tool_stats(batch))
         return FinishedBatch(
             samples=batch,
             prompt_idx_B=np.array([s.prompt_idx for s in batch], dtype=np.int64),

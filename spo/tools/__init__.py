@@ -16,6 +16,9 @@ up to `max_turns` model turns (the SPO paper's agentic setting uses 8):
 - `format_tool_output(result)`: the tool message — stdout, then stderr (tracebacks), then a
   bracketed status line when the run failed ("[exit code 1]", "[killed: wall-clock time
   limit reached after 5.0 s]"), clipped to `max_chars` keeping head and tail.
+- `tool_outcome(result)`: the run in one word, for metrics: "ok" (exit status 0),
+  "error" (the code raised or exited non-zero), "timeout" (wall-clock or CPU limit),
+  "killed" (the sandbox stopped it for output, memory or a signal). `OUTCOMES` lists them.
 - `ToolRunner(max_turns=8, **sandbox_kwargs).run(messages, generate)`: the loop. It stops
   when a model turn has no code block ("answer") or after `max_turns` model turns
   ("max_turns"; the code of that last turn is not run — nobody would read its output).
@@ -38,7 +41,17 @@ from typing import Any
 
 from spo.tools.sandbox import SandboxResult, resolve_isolation, run_python
 
-__all__ = ["ToolRunner", "Transcript", "Turn", "extract_code", "format_tool_output"]
+__all__ = [
+    "OUTCOMES",
+    "ToolRunner",
+    "Transcript",
+    "Turn",
+    "extract_code",
+    "format_tool_output",
+    "tool_outcome",
+]
+
+OUTCOMES = ("ok", "error", "timeout", "killed")
 
 # An opening fence at the start of a line, tagged python/py (any case), the code, and a
 # closing fence at the start of a line.
@@ -75,6 +88,15 @@ def format_tool_output(result: SandboxResult, max_chars: int = 2048) -> str:
     if note is not None:
         return f"{text}\n[{note}]" if text else f"[{note}]"
     return text or "(no output)"
+
+
+def tool_outcome(result: SandboxResult) -> str:
+    """One of `OUTCOMES` for a sandbox run (see the module docstring)."""
+    if result.killed_reason in ("timeout", "cpu"):
+        return "timeout"
+    if result.killed_reason is not None:
+        return "killed"
+    return "ok" if result.exit_code == 0 else "error"
 
 
 def _status_note(result: SandboxResult) -> str | None:
@@ -146,6 +168,11 @@ class Transcript:
     @property
     def model_turns(self) -> int:
         return sum(t.generated for t in self.turns)
+
+    @property
+    def tool_outcomes(self) -> list[str]:
+        """`tool_outcome` of each tool call, in order."""
+        return [tool_outcome(r) for r in self.tool_results]
 
     @property
     def tool_time_s(self) -> float:

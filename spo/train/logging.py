@@ -93,9 +93,13 @@ def sample_row(
     reward: float,
     advantage: float | None = None,
     value: float | None = None,
+    transcript: list[dict] | None = None,
 ) -> dict:
-    """One samples.jsonl row (advantage and v̂ only for training rows)."""
-    return {
+    """One samples.jsonl row (advantage and v̂ only for training rows). Multi-turn episodes
+    also get "transcript": every model turn and tool message after the prompt, the tool
+    output as the model saw it, with its outcome (`spo.rollout.multiturn.Sample.transcript`);
+    "completion" is then the final model turn, where the verifier looked."""
+    row = {
         "step": step,
         "split": split,
         "prompt_id": example.id,
@@ -105,6 +109,9 @@ def sample_row(
         "advantage": None if advantage is None else float(advantage),
         "value": None if value is None else float(value),
     }
+    if transcript is not None:
+        row["transcript"] = transcript
+    return row
 
 
 class ConstantRewardWatch:

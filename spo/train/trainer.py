@@ -357,7 +357,7 @@ class Trainer:
             )
             t_gen = time.perf_counter()
             scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in prompt_idx_B])
-            loss_mask, stale_B, rollout_stats = None, None, {}
+            loss_mask, stale_B, rollout_stats, transcripts = None, None, {}, None
         else:  # the first finished samples of the in-flight pool, already scored
             fb = self.scheduler.next_batch(self.step)
             prompt_idx_B, group_id_B, rollouts, scored = (
@@ -368,6 +368,9 @@ class Trainer:
             )
             prompt_idx = np.array(list(dict.fromkeys(prompt_idx_B.tolist())), dtype=np.int64)
             loss_mask, stale_B, rollout_stats = fb.loss_mask, fb.stale_B, fb.stats
+            transcripts = None
+            if cfg.rollout.max_turns > 1:
+                transcripts = [s.transcript(cfg.rollout.tool_role) for s in fb.samples]
             t_gen = time.perf_counter()
         self.last_prompt_idx = prompt_idx
         reward_B = torch.from_numpy(np.asarray(scored.reward_B, dtype=np.float32))
@@ -380,7 +383,9 @@ class Trainer:
             adv_name = self.algo.advantage
             baseline_B = torch.from_numpy(self.spo.baseline(prompt_idx_B).astype(np.float32))
         adv_B = ADVANTAGES[adv_name](reward_B, baseline_B=baseline_B, group_id_B=group_id_B)
-        self._keep_samples(step, prompt_idx_B, rollouts.texts, reward_B, adv_B)  # v̂ before update
+        self._keep_samples(  # v̂ read before the update
+            step, prompt_idx_B, rollouts.texts, reward_B, adv_B, transcripts
+        )
 
         batch = pack(
             rollouts.prompt_tokens,
@@ -439,9 +444,12 @@ class Trainer:
         self._stop_requested = True
         print(f"\n{signal.Signals(signum).name}: finishing this step, checkpointing, exiting")
 
-    def _keep_samples(self, step: int, prompt_idx_B, texts: list[str], reward_B, adv_B) -> None:
+    def _keep_samples(
+        self, step: int, prompt_idx_B, texts: list[str], reward_B, adv_B, transcripts=None
+    ) -> None:
         """samples.jsonl rows of this step at evenly spaced batch positions, with v̂ read
-        now (before the tracker absorbs this step); written once the step is logged."""
+        now (before the tracker absorbs this step); written once the step is logged.
+        `transcripts`: multi-turn episodes' turns and tool messages, per sample (or None)."""
         rows = sample_positions(len(texts), self.cfg.log.samples_per_step)
         value_R = self.spo.baseline(np.asarray(prompt_idx_B)[rows]) if rows else []
         self._samples = [
@@ -453,6 +461,7 @@ class Trainer:
                 reward_B[i],
                 advantage=adv_B[i],
                 value=v,
+                transcript=None if transcripts is None else transcripts[i],
             )
             for i, v in zip(rows, value_R, strict=True)
         ]

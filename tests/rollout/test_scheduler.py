@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from spo.rollout import Rollouts
+from spo.rollout.multiturn import ToolOutput
 from spo.rollout.scheduler import InlineExecutor, RolloutScheduler
 from spo.tasks.rewards import RewardResult
 from spo.train.checkpoint import read_state, write_state
@@ -256,3 +257,75 @@ def test_state_round_trip_continues_identically(tmp_path):
         assert [x.to_state() for x in fa.samples] == [x.to_state() for x in fb.samples]
     for key, value in a.accounting().items():
         assert np.array_equal(value, b.accounting()[key]), key
+
+
+class OutcomeTool:
+    """Per uid a list of outcomes, one per call: "ok"/"error"/"timeout"/"killed" as a
+    `ToolOutput`, "str" as a plain string, "raise" as an exception, "hang" never returns."""
+
+    def __init__(self, script):
+        self.script = script
+
+    def call(self, sample, text):
+        plan = self.script.get(sample.uid, [])
+        return f"{sample.uid}:{sample.tool_calls}" if sample.tool_calls < len(plan) else None
+
+    def run(self, call):
+        uid, i = map(int, call.split(":"))
+        outcome = self.script[uid][i]
+        if outcome == "raise":
+            raise RuntimeError("boom")
+        if outcome == "hang":
+            time.sleep(5)
+        if outcome == "str":
+            return f"plain {call}"
+        return ToolOutput(f"{outcome} {call}", outcome)
+
+
+def test_tool_metrics_and_transcripts_of_a_scripted_step():
+    script = {0: ["ok", "error"], 1: ["timeout"], 2: [], 3: ["killed", "raise", "str"]}
+    s = make(OutcomeTool(script), samples_per_step=4, in_flight=4, max_turns=4)
+    fb = s.next_batch(0)
+    by_uid = {x.uid: x for x in fb.samples}
+    assert sorted(by_uid) == [0, 1, 2, 3]
+    # turns: 3, 2, 1, 4 (uid 3's fourth turn calls nothing: the script is done)
+    st = fb.stats
+    assert st["tools/turns_per_episode"] == pytest.approx((3 + 2 + 1 + 4) / 4)
+    assert st["tools/call_rate"] == pytest.approx(6 / 10)
+    assert st["tools/episodes_with_calls"] == pytest.approx(3 / 4)
+    assert st["tools/episodes_code_ok"] == 0.0  # uid 0 has an error, uid 3 a kill
+    assert (st["tools/calls_ok"], st["tools/calls_error"]) == (2.0, 2.0)  # str = ok; raise = error
+    assert (st["tools/calls_timeout"], st["tools/calls_killed"]) == (1.0, 1.0)
+    assert st["rollout/tool_calls"] == 6.0  # the scheduler's own count agrees
+    t3 = by_uid[3].transcript()
+    assert [m["role"] for m in t3] == ["assistant", "tool"] * 3 + ["assistant"]
+    assert [m["content"] for m in t3 if m["role"] == "tool"] == [
+        "killed 3:0",
+        "[tool error: RuntimeError: boom]",
+        "plain 3:2",
+    ]
+    assert [m["outcome"] for m in t3 if m["role"] == "tool"] == ["killed", "error", "ok"]
+    assert by_uid[2].transcript() == [{"role": "assistant", "content": "turn"}]
+
+
+def test_abandoned_tool_call_counts_as_timeout_and_all_ok_episodes_count():
+    script = {0: ["hang"], 1: ["ok"], 2: ["ok", "ok"], 3: []}
+    s = make(
+        OutcomeTool(script),
+        ThreadPoolExecutor(4),
+        samples_per_step=4,
+        in_flight=4,
+        tool_timeout=0.2,
+    )
+    try:
+        st = s.next_batch(0).stats
+    finally:
+        s.close()
+    assert st["tools/calls_timeout"] == 1.0 and st["tools/calls_ok"] == 3.0
+    assert st["tools/episodes_code_ok"] == pytest.approx(2 / 4)  # uids 1, 2
+    assert st["rollout/tools_abandoned"] == 1.0
+
+
+def test_single_turn_runs_log_no_tool_metrics():
+    s = make(None, max_turns=1, env=None, messages=None)
+    assert not any(k.startswith("tools/") for k in s.next_batch(0).stats)
