@@ -35,6 +35,7 @@ def calibrate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     system_prompt: str | None = None,
+    fewshot=(),
     reward_pool,
     seed: int = 0,
     batch_size: int = 64,
@@ -74,6 +75,7 @@ def calibrate(
         temperature=temperature,
         top_p=top_p,
         system_prompt=system_prompt,
+        fewshot=fewshot,
         reward_pool=reward_pool,
         seed=seed + 1,
         greedy=False,
@@ -299,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     from spo.policy.models import load_policy
     from spo.tasks import load_task
     from spo.tasks.rewards import RewardPool
-    from spo.train.config import ConfigError, task_kwargs
+    from spo.train.config import ConfigError, chat_kwargs, task_kwargs
     from spo.train.diagnostics import write_json
 
     if args.k < 0 or args.calibration < 0 or args.calibration_prompts < 1:
@@ -327,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
         "max_new_tokens": r.max_new_tokens,
         "temperature": r.temperature or 1.0,
         "top_p": r.top_p,
-        "system_prompt": task.chat_system_prompt(cfg.task.system_prompt),
+        **chat_kwargs(cfg, task),
         "seed": cfg.seed,
         "batch_size": r.batch_size,
     }

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from spo.rollout.factory import make_engine
     from spo.tasks import load_task
     from spo.tasks.rewards import RewardPool
-    from spo.train.config import task_kwargs
+    from spo.train.config import chat_kwargs, task_kwargs
 
     cfg = config_from_args(args)
     if args.samples < 1:
@@ -34,11 +34,7 @@ def run(args: argparse.Namespace) -> int:
     task = load_task(**task_kwargs(cfg))
     model, tokenizer = load_policy(cfg.model.path, dtype=cfg.model.dtype, device=cfg.model.device)
     examples = task.train
-    prompts = encode_prompts(
-        tokenizer,
-        [ex.prompt for ex in examples],
-        system_prompt=task.chat_system_prompt(cfg.task.system_prompt),
-    )
+    prompts = encode_prompts(tokenizer, [ex.prompt for ex in examples], **chat_kwargs(cfg, task))
     # the run's engine (HF, vLLM, shards, Ray actors) at the run's sampling settings
     engine = make_engine(cfg, model, tokenizer, model_path=cfg.model.path)
     n0 = args.samples

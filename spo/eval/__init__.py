@@ -157,6 +157,7 @@ def generate_samples(
     temperature: float = 1.0,
     top_p: float = 1.0,
     system_prompt: str | None = None,
+    fewshot=(),
     reward_pool,
     seed: int = 0,
     greedy: bool = True,
@@ -176,7 +177,7 @@ def generate_samples(
     E = len(examples)
     engine = _engine(policy, tokenizer, max_new_tokens, batch_size)
     prompt_tokens = encode_prompts(
-        tokenizer, [ex.prompt for ex in examples], system_prompt=system_prompt
+        tokenizer, [ex.prompt for ex in examples], system_prompt=system_prompt, fewshot=fewshot
     )
     texts_EK: list[list[str]] = [[] for _ in range(E)]
     reward_EK = np.zeros((E, k))
@@ -234,6 +235,7 @@ def evaluate_with_samples(
     max_new_tokens: int = 24,
     temperature: float = 1.0,
     system_prompt: str | None = None,
+    fewshot=(),
     reward_pool=None,
     seed: int = 0,
     greedy: bool = True,
@@ -256,6 +258,7 @@ def evaluate_with_samples(
             temperature=temperature,
             top_p=top_p,
             system_prompt=system_prompt,
+            fewshot=fewshot,
             reward_pool=pool,
             seed=seed,
             greedy=greedy,

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -211,12 +212,18 @@ def _load_adapter(
 
 
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, system_prompt: str | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    system_prompt: str | None = None,
+    fewshot: Sequence[Mapping[str, str]] = (),
 ) -> list[list[int]]:
     """Token ids of each prompt as a chat turn that asks the assistant to answer.
 
     `system_prompt=None` keeps the template's own default (SmolLM2's adds one); a string,
-    even empty, is sent as an explicit system message.
+    even empty, is sent as an explicit system message. `fewshot`: chat messages rendered
+    between the system prompt and the prompt (`spo.tasks.fewshot`); empty = none, and then
+    the tokens are exactly those without the argument.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
@@ -224,7 +231,7 @@ def encode_prompts(
         )
     out = []
     for prompt in prompts:
-        messages = [{"role": "user", "content": prompt}]
+        messages = [*map(dict, fewshot), {"role": "user", "content": prompt}]
         if system_prompt is not None:
             messages.insert(0, {"role": "system", "content": system_prompt})
         # Render to text, then tokenize without extra specials: the template already holds

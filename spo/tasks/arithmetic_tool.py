@@ -11,6 +11,13 @@ Problems are drawn from one seeded stream and de-duplicated; the first `test_siz
 held out and the next `train_size` train, so the splits are disjoint and the held-out set
 does not depend on train_size. Reward: the last integer of the final model turn equals the
 answer (as in `arithmetic`).
+
+`FEWSHOT`, the task's own few-shot prefix (`spo.tasks.fewshot`; `task.fewshot=[]` turns it
+off), is one worked example: question, a reply with a ```python block, the tool's output
+as the sandbox formats it, and the final number. The problem is of a held-out form's
+shape but not drawn from the task's stream. Why: with the system prompt alone the embedded
+SmolLM2-135M writes a code block in about 1 of 16 replies, with this example in about 11
+of 16 (issue 20).
 """
 
 from __future__ import annotations
@@ -24,6 +31,16 @@ SYSTEM_PROMPT = (
     "You can run Python code. To run code, write it in a ```python code block and end your "
     "message; the output comes back in a tool message. Use print() to see results. When you "
     "know the answer, reply with only the final number."
+)
+
+FEWSHOT = (
+    {"role": "user", "content": "What is 3841 * 527 + 2096?"},
+    {
+        "role": "assistant",
+        "content": "Let me compute it with Python.\n```python\nprint(3841 * 527 + 2096)\n```",
+    },
+    {"role": "tool", "content": "2026303"},
+    {"role": "assistant", "content": "2026303"},
 )
 
 FORMS = (  # (template, digits of a, b, c)
@@ -63,4 +80,5 @@ def load_arithmetic_tool(*, train_size: int, test_size: int, seed: int) -> Task:
         verifier=arithmetic_verify,
         extractor=arithmetic_answer,
         system_prompt=SYSTEM_PROMPT,
+        fewshot=FEWSHOT,
     )

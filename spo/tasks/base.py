@@ -45,6 +45,7 @@ class Task:
     verifier: Verifier
     extractor: Extractor
     system_prompt: str | None = None  # the task's own, used when the config sets none
+    fewshot: tuple[dict[str, str], ...] = ()  # the task's own prefix (spo.tasks.fewshot)
     info: Mapping[str, Any] = field(default_factory=dict)
     """For file tasks: rows read, duplicates dropped, rows skipped, warnings (list of lines)."""
 
@@ -53,6 +54,18 @@ class Task:
         config's `task.system_prompt` when set, else the task's own (None = the chat
         template's default)."""
         return override if override is not None else self.system_prompt
+
+    def chat_fewshot(self, override: Any, *, tool_role: str = "tool") -> list[dict[str, str]]:
+        """The one few-shot rule of training, evaluation and `spo init-values`: the
+        config's `task.fewshot` when set (messages, conversations or a file; `[]` = none),
+        else the task's own; tool messages take `tool_role`, as in rollouts."""
+        from spo.tasks.fewshot import parse_fewshot
+
+        messages = self.fewshot if override is None else parse_fewshot(override)
+        return [
+            {"role": tool_role if m["role"] == "tool" else m["role"], "content": m["content"]}
+            for m in messages
+        ]
 
     def extract_answer(self, completion: str) -> str | None:
         """The final answer of `completion` (None = extraction failed); maj@k votes on it."""

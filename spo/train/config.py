@@ -107,6 +107,12 @@ class TaskConfig:
     system_prompt: str | None = _f(
         None, "system prompt for the chat template (null = model default)"
     )
+    fewshot: Any = _f(  # noqa: RUF009 (None default; Any: a list or a path)
+        None,
+        "few-shot prefix before every prompt: null = the task's own (arithmetic_tool: one "
+        "worked tool example), [] = none, a list of chat messages (user/assistant/tool) or "
+        "conversations, or a .json/.jsonl file of them (docs/tasks.md); never trained on",
+    )
     skip_bad_rows: bool = _f(
         False,
         "dataset files: skip (and count) rows without a prompt or answer and invalid JSON "
@@ -427,6 +433,14 @@ def validate(cfg: TrainConfig) -> None:
         )
     if grouped and cfg.group_size < 2:
         raise ConfigError(f"group_size must be >= 2 for algo={cfg.algo}, got {cfg.group_size}")
+    if cfg.task.fewshot is not None:
+        from spo.tasks.base import TaskError
+        from spo.tasks.fewshot import parse_fewshot
+
+        try:
+            parse_fewshot(cfg.task.fewshot)
+        except TaskError as e:
+            raise ConfigError(str(e)) from None
     if cfg.samples_per_step % cfg.optim.updates_per_step:
         raise ConfigError(
             f"samples_per_step={cfg.samples_per_step} is not divisible by "
@@ -509,6 +523,18 @@ def help_text() -> str:
 
 
 def task_kwargs(cfg: TrainConfig) -> dict:
-    """TaskConfig fields that `spo.tasks.load_task` takes; `system_prompt` is not one of
-    them: it feeds the chat template (`Task.chat_system_prompt`)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.task).items() if k != "system_prompt"}
+    """TaskConfig fields that `spo.tasks.load_task` takes; `system_prompt` and `fewshot`
+    are not among them: they feed the chat template (`chat_kwargs`)."""
+    chat = ("system_prompt", "fewshot")
+    return {k: v for k, v in dataclasses.asdict(cfg.task).items() if k not in chat}
+
+
+def chat_kwargs(cfg: TrainConfig, task) -> dict:
+    """The one chat-prompt rule of training, evaluation and `spo init-values`: the
+    `system_prompt` and `fewshot` arguments of `spo.policy.models.encode_prompts` (and of
+    `spo.eval`), the config's when set, else the task's own (`Task.chat_system_prompt`,
+    `Task.chat_fewshot`)."""
+    return {
+        "system_prompt": task.chat_system_prompt(cfg.task.system_prompt),
+        "fewshot": task.chat_fewshot(cfg.task.fewshot, tool_role=cfg.rollout.tool_role),
+    }

@@ -48,7 +48,7 @@ from spo.tasks.rewards import RewardPool
 from spo.tools.sandbox import SandboxError
 from spo.train import TrainError
 from spo.train import checkpoint as ckpt
-from spo.train.config import TrainConfig, task_kwargs, to_dict, to_yaml
+from spo.train.config import TrainConfig, chat_kwargs, task_kwargs, to_dict, to_yaml
 from spo.train.diagnostics import write_diagnostics
 from spo.train.forgetting import make_estimator
 from spo.train.heap import TRIM_EVERY, trim_heap
@@ -215,8 +215,7 @@ class Trainer:
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         from spo.policy.models import encode_prompts
 
-        system = self.task.chat_system_prompt(self.cfg.task.system_prompt)
-        return encode_prompts(self.tokenizer, prompts, system_prompt=system)
+        return encode_prompts(self.tokenizer, prompts, **chat_kwargs(self.cfg, self.task))
 
     def _build_scheduler(self) -> RolloutScheduler | None:
         """The in-flight pool for async / multi-turn rollouts; None = the synchronous path."""
@@ -479,7 +478,7 @@ class Trainer:
             max_new_tokens=self.cfg.rollout.max_new_tokens,
             temperature=self.cfg.rollout.temperature or 1.0,
             top_p=self.cfg.rollout.top_p,
-            system_prompt=self.task.chat_system_prompt(self.cfg.task.system_prompt),
+            **chat_kwargs(self.cfg, self.task),
             reward_pool=self.rewards,
             seed=self.cfg.seed,
         )

@@ -61,6 +61,37 @@ def test_encode_prompts_uses_chat_template(tiny_model_dir):
     assert tokenizer.decode(with_system).startswith("<|im_start|>system\nBe brief.<|im_end|>")
 
 
+def test_encode_prompts_without_fewshot_is_unchanged_and_with_it_prefixes(tiny_model_dir):
+    _, tokenizer = load_policy(str(tiny_model_dir))
+    prompts = ["What is 2 + 3?", "hi"]
+    # no few-shot: the same tokens as before the option existed (the template on [user])
+    want = [
+        tokenizer(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+            ),
+            add_special_tokens=False,
+        )["input_ids"]
+        for p in prompts
+    ]
+    assert encode_prompts(tokenizer, prompts) == want
+    assert encode_prompts(tokenizer, prompts, fewshot=()) == want
+    assert encode_prompts(tokenizer, prompts, fewshot=[]) == want
+    shots = [
+        {"role": "user", "content": "1 + 1?"},
+        {"role": "assistant", "content": "```python\nprint(1 + 1)\n```"},
+        {"role": "tool", "content": "2"},
+        {"role": "assistant", "content": "2"},
+    ]
+    (ids,) = encode_prompts(tokenizer, ["hi"], system_prompt="S", fewshot=shots)
+    assert tokenizer.decode(ids) == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n1 + 1?<|im_end|>\n"
+        "<|im_start|>assistant\n```python\nprint(1 + 1)\n```<|im_end|>\n"
+        "<|im_start|>tool\n2<|im_end|>\n<|im_start|>assistant\n2<|im_end|>\n"
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
 def test_resolve_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")

@@ -398,7 +398,8 @@ def test_offline_values_are_what_the_first_step_reads(
 def test_train_eval_and_init_values_render_the_same_chat_prompt(
     tiny_model_dir, tmp_path, monkeypatch
 ):
-    """One system-prompt rule: the config's, else the task's own (arithmetic_tool has one)."""
+    """One chat-prompt rule: the config's system prompt and few-shot prefix, else the
+    task's own (arithmetic_tool has both)."""
     from spo.cli import main
 
     calls: list[tuple[str, list[str], list[list[int]]]] = []
@@ -440,17 +441,19 @@ def test_train_eval_and_init_values_render_the_same_chat_prompt(
         rendered.setdefault(name, {}).update(zip(prompts, map(tuple, tokens), strict=True))
     assert set(rendered) == {"train", "eval", "init-values"}
     task = trainer.task
-    assert task.system_prompt  # the task brings its own system prompt
-    # Same prompt text -> same tokens in all three phases, and the task's system prompt is in.
+    assert task.system_prompt and task.fewshot  # the task brings its own of both
+    # Same prompt text -> same tokens in all three phases, system prompt and few-shot in.
     for ex in task.train[:3]:
         assert rendered["train"][ex.prompt] == rendered["init-values"][ex.prompt]
+    own = {"system_prompt": task.system_prompt, "fewshot": task.fewshot}
     for ex in task.test[:3]:
-        want = tuple(encode(trainer.tokenizer, [ex.prompt], system_prompt=task.system_prompt)[0])
+        want = tuple(encode(trainer.tokenizer, [ex.prompt], **own)[0])
         assert rendered["eval"][ex.prompt] == want
     some = trainer.train_examples[0].prompt
-    assert rendered["train"][some] == tuple(
-        encode(trainer.tokenizer, [some], system_prompt=task.system_prompt)[0]
-    )
+    assert rendered["train"][some] == tuple(encode(trainer.tokenizer, [some], **own)[0])
+    text = trainer.tokenizer.decode(rendered["train"][some])
+    assert text.index(task.system_prompt) < text.index("print(3841 * 527 + 2096)")
+    assert text.index("<|im_start|>tool\n2026303<|im_end|>") < text.index(some)
 
 
 @pytest.mark.parametrize("updates", [1, 2])
