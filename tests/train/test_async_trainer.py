@@ -182,42 +182,50 @@ def test_stale_samples_are_dropped_and_reissued(tiny_model_dir, task_files, tmp_
         trainer.close()
 
 
-class ForcedCodeTurn:
-    """Wraps an engine: a context's first model turn is a fixed ```python block (teacher-
-    forced, with its true log-probs under the model); later turns are sampled normally."""
+TOOL_TURN = "<|im_start|>tool\n"
 
-    def __init__(self, engine, model, tokenizer, code_text: str, tool_marker: list[int]):
-        self.engine, self.model, self.tokenizer = engine, model, tokenizer
-        self.code_ids = tokenizer(code_text, add_special_tokens=False)["input_ids"] + [
-            tokenizer.eos_token_id
-        ]
-        self.text = code_text
-        self.marker = tool_marker
 
-    def _has_tool(self, ctx: list[int]) -> bool:
-        m = self.marker
-        return any(ctx[i : i + len(m)] == m for i in range(len(ctx) - len(m) + 1))
+class ForcedTurns:
+    """Wraps an engine: `write(context text)` gives a model turn to teacher-force (with its
+    true log-probs under the model), or None to sample it normally."""
+
+    def __init__(self, engine, model, tokenizer, write):
+        self.engine, self.model, self.tokenizer, self.write = engine, model, tokenizer, write
 
     def generate(self, prompt_tokens, *, seed):
-        forced = [i for i, ctx in enumerate(prompt_tokens) if not self._has_tool(ctx)]
-        free = [i for i in range(len(prompt_tokens)) if i not in forced]
+        written = {}
+        for i, ctx in enumerate(prompt_tokens):
+            text = self.write(self.tokenizer.decode(ctx))
+            if text is not None:
+                written[i] = text
+        free = [i for i in range(len(prompt_tokens)) if i not in written]
         out = self.engine.generate([prompt_tokens[i] for i in free], seed=seed) if free else None
-        ids, logp, fin, texts = [None] * len(prompt_tokens), [None] * len(prompt_tokens), [], []
+        ids, logp = [None] * len(prompt_tokens), [None] * len(prompt_tokens)
         fin, texts = [True] * len(prompt_tokens), [""] * len(prompt_tokens)
-        if forced:
+        if written:
+            forced = sorted(written)
+            turn_ids = [
+                self.tokenizer(written[i], add_special_tokens=False)["input_ids"]
+                + [self.tokenizer.eos_token_id]
+                for i in forced
+            ]
             batch = pack(
-                [prompt_tokens[i] for i in forced],
-                [self.code_ids] * len(forced),
-                pad_id=self.tokenizer.pad_token_id,
+                [prompt_tokens[i] for i in forced], turn_ids, pad_id=self.tokenizer.pad_token_id
             )
             with torch.no_grad():
                 lp = completion_logp(self.model, batch)
             for row, i in enumerate(forced):
-                ids[i], logp[i], texts[i] = list(self.code_ids), lp[row], self.text
+                ids[i], logp[i], texts[i] = turn_ids[row], lp[row, : len(turn_ids[row])], written[i]
         for row, i in enumerate(free):
             ids[i], logp[i] = out.completion_ids[row], out.logp[row]
             fin[i], texts[i] = out.finished[row], out.texts[row]
         return Rollouts([list(p) for p in prompt_tokens], ids, logp, fin, texts)
+
+
+def tool_turns_of_episode(trainer, context: str) -> int:
+    """Tool messages in `context` after the prompt (the few-shot prefix has its own)."""
+    prefix = trainer.tokenizer.decode(trainer.prompt_tokens[0]).count(TOOL_TURN)
+    return context.count(TOOL_TURN) - prefix
 
 
 def test_tool_task_trains_with_masked_tool_tokens(
@@ -240,9 +248,12 @@ def test_tool_task_trains_with_masked_tool_tokens(
     )
     trainer = Trainer(load_config(None, overrides))
     sched = trainer.scheduler
-    marker = trainer.tokenizer("<|im_start|>tool", add_special_tokens=False)["input_ids"]
-    sched.engine = ForcedCodeTurn(
-        trainer.engine, trainer.model, trainer.tokenizer, "```python\nprint(6*7)\n```", marker
+    code = "```python\nprint(6*7)\n```"
+    sched.engine = ForcedTurns(
+        trainer.engine,
+        trainer.model,
+        trainer.tokenizer,
+        lambda ctx: code if tool_turns_of_episode(trainer, ctx) == 0 else None,
     )
     batches = []
     real_next = sched.next_batch
@@ -285,6 +296,110 @@ def test_tool_task_trains_with_masked_tool_tokens(
         n = len(fb.rollouts.logp[row])
         m = mask[row, :n] > 0
         torch.testing.assert_close(lp[row, :n][m], fb.rollouts.logp[row][m], atol=0.05, rtol=0)
+
+
+def test_tool_episode_scores_and_trains_end_to_end_with_fewshot_prefix(
+    tiny_model_dir, task_files, tmp_path, monkeypatch
+):
+    """arithmetic_tool with its few-shot prefix and the real sandbox: each episode's first
+    turn runs the question's expression, the second answers with the tool's output when it
+    is even and with output + 1 when odd, so exactly the even answers score 1; the tool
+    metrics say so in metrics.jsonl, samples.jsonl holds the transcripts with the tool
+    output as the model saw it, the weights move, and the few-shot prefix sits in the
+    prompt tokens, outside the trained completion mask."""
+    import json
+    import re
+
+    from spo.tools.sandbox import available_isolation
+
+    if all(reason is not None for reason in available_isolation().values()):
+        pytest.skip(f"no isolated sandbox level works here: {available_isolation()}")
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        task_files,
+        run,
+        **{
+            **ASYNC,
+            "task.name": "arithmetic_tool",
+            "task.reward_fn": None,
+            "rollout.max_turns": 3,
+            "rollout.tool_timeout": 10,
+            "steps": 2,
+            "log.samples_per_step": 2,
+        },
+    )
+    trainer = Trainer(load_config(None, overrides))
+
+    def write(ctx: str) -> str | None:
+        calls = tool_turns_of_episode(trainer, ctx)
+        if calls == 0:
+            expression = re.findall(r"What is ([^?]+)\?", ctx)[-1]
+            return f"I will run it.\n```python\nprint({expression})\n```"
+        if calls == 1:
+            out = int(ctx.rsplit(TOOL_TURN, 1)[1].split("<|im_end|>")[0])
+            return str(out if out % 2 == 0 else out + 1)
+        return None
+
+    trainer.scheduler.engine = ForcedTurns(trainer.engine, trainer.model, trainer.tokenizer, write)
+    packed = []
+    real_pack = trainer_module.pack
+
+    def pack_spy(*args, **kw):
+        packed.append(real_pack(*args, **kw))
+        return packed[-1]
+
+    monkeypatch.setattr(trainer_module, "pack", pack_spy)
+    batches = []
+    real_next = trainer.scheduler.next_batch
+
+    def next_spy(version):
+        batches.append(real_next(version))
+        return batches[-1]
+
+    monkeypatch.setattr(trainer.scheduler, "next_batch", next_spy)
+    before = params_of(trainer.model)
+    fewshot = trainer.task.fewshot
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "tools/calls_ok" in r]
+    assert len(train_rows) == 2
+    by_prompt = {ex.prompt: ex for ex in trainer.train_examples}
+    for r, fb in zip(train_rows, batches, strict=True):
+        answers = [int(trainer.train_examples[s.prompt_idx].answer) for s in fb.samples]
+        want = [float(a % 2 == 0) for a in answers]
+        assert fb.reward.reward_B.tolist() == want
+        assert r["reward/mean"] == pytest.approx(np.mean(want))
+        assert r["tools/calls_ok"] == 6.0 and r["tools/calls_error"] == 0.0
+        assert r["tools/calls_timeout"] == 0.0 and r["tools/calls_killed"] == 0.0
+        assert r["tools/turns_per_episode"] == 2.0 and r["tools/call_rate"] == 0.5
+        assert r["tools/episodes_with_calls"] == 1.0 and r["tools/episodes_code_ok"] == 1.0
+    after = params_of(trainer.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    train = [x for x in samples if x["split"] == "train"]
+    assert len(train) == 4
+    for x in train:
+        answer = int(by_prompt[x["prompt"]].answer)
+        said = str(answer if answer % 2 == 0 else answer + 1)
+        code, tool, final = x["transcript"]
+        assert code["role"] == "assistant" and "```python" in code["content"]
+        assert tool == {"role": "tool", "content": str(answer), "outcome": "ok"}
+        assert final == {"role": "assistant", "content": said} and x["completion"] == said
+        assert x["reward"] == float(answer % 2 == 0)
+    # the few-shot prefix is prompt: before each row's completion start, never in the mask
+    shot = trainer.tokenizer(fewshot[1]["content"], add_special_tokens=False)["input_ids"]
+    for batch in packed:
+        for b in range(len(batch)):
+            start = int(batch.seq_start_B[b])
+            prompt = batch.input_ids_BL[b, start : int(batch.completion_start_B[b])].tolist()
+            assert any(prompt[i : i + len(shot)] == shot for i in range(len(prompt)))
+            trained = batch.completion_ids_BT[b][batch.completion_mask_BT[b] > 0].tolist()
+            assert fewshot[1]["content"] not in trainer.tokenizer.decode(trained)
+            assert "print(" in trainer.tokenizer.decode(trained)  # the episode's own code
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
