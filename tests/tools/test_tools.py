@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from spo.tools import ToolRunner, Transcript, extract_code, format_tool_output
+from spo.tools import ToolRunner, Transcript, extract_code, format_tool_output, tool_outcome
 from spo.tools.sandbox import SandboxResult, available_isolation
 
 # Loop tests run real code: isolated where this machine can, unisolated (harmless, fixed
@@ -90,6 +90,22 @@ def test_format_kill_notes(reason, exit_code, note):
     assert format_tool_output(result(exit_code=exit_code, reason=reason, duration_s=5.0)) == note
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "reason", "outcome"),
+    [
+        (0, None, "ok"),
+        (1, None, "error"),
+        (None, "timeout", "timeout"),
+        (-24, "cpu", "timeout"),
+        (None, "output", "killed"),
+        (1, "memory", "killed"),
+        (-11, "signal", "killed"),
+    ],
+)
+def test_tool_outcome(exit_code, reason, outcome):
+    assert tool_outcome(result(exit_code=exit_code, reason=reason)) == outcome
+
+
 def test_format_clips_head_and_tail():
     long = "".join(f"{i:04d}\n" for i in range(1000))
     text = format_tool_output(result(long), max_chars=200)
@@ -162,6 +178,7 @@ def test_loop_reports_failures_to_the_model_and_continues():
     assert "ZeroDivisionError" in errors[0] and errors[0].endswith("[exit code 1]")
     assert errors[1].startswith("[killed: wall-clock time limit reached")
     assert tr.stop_reason == "answer" and tr.final_text == "I give up."
+    assert tr.tool_outcomes == ["error", "timeout"]  # from the real sandbox runs
 
 
 def test_loop_keeps_engine_outputs_and_custom_tool_role():
