@@ -8,7 +8,7 @@ VERL_VENV  ?= .venv-verl
 VERL_PY    := $(VERL_VENV)/bin/python
 VERL_STAMP := $(VERL_VENV)/.installed-stamp
 
-.PHONY: install demo test test-main test-verl lint bench mutation clean
+.PHONY: install demo demo-agentic test test-main test-verl lint bench mutation clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/spo demo
+
+# The agentic preset: the embedded model with the sandboxed Python tool (configs/demo-agentic.yaml).
+demo-agentic: $(STAMP)
+	$(VENV)/bin/spo demo configs/demo-agentic.yaml
 
 # The whole suite: the default environment, then the verl plug-in's contract tests in
 # their own virtualenv (first run: ~5 min of installs).

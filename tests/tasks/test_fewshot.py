@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,43 @@ def test_chat_kwargs_is_the_one_rule():
     own = kwargs('task.fewshot=[{role: user, content: "Say hi."}, {role: assistant, content: hi}]')
     assert own["fewshot"] == TWO
     assert "fewshot" not in task_kwargs(load_config(None, []))
+
+
+PRESET = Path(__file__).resolve().parents[2] / "configs" / "demo-agentic.yaml"
+
+
+def test_agentic_demo_preset_validates_and_uses_the_tool_prefix():
+    cfg = load_config(str(PRESET))
+    assert cfg.task.name == "arithmetic_tool" and cfg.rollout.max_turns > 1
+    assert cfg.rollout.mode == "async" and cfg.algo == "spo"
+    kw = chat_kwargs(cfg, load_task(**task_kwargs(cfg)))
+    assert kw["fewshot"] == list(FEWSHOT) and "```python" in kw["system_prompt"]
+    # the tool-free reference run of the same preset validates too
+    assert load_config(str(PRESET), ["rollout.max_turns=1"]).rollout.max_turns == 1
+    makefile = (PRESET.parents[1] / "Makefile").read_text()
+    assert "spo demo configs/demo-agentic.yaml" in makefile
+
+
+def test_agentic_demo_preset_trains_a_step_on_the_tiny_model(tiny_model_dir, tmp_path):
+    from spo.tools.sandbox import available_isolation
+
+    if all(reason is not None for reason in available_isolation().values()):
+        pytest.skip(f"no isolated sandbox level works here: {available_isolation()}")
+    small = [
+        f"model.path={tiny_model_dir}",
+        "steps=1",
+        "samples_per_step=4",
+        "rollout.batch_size=4",
+        "rollout.max_new_tokens=8",
+        "optim.micro_batch_size=4",
+        "task.train_size=8",
+        "task.test_size=2",
+        "eval_size=2",
+        "reward.workers=0",
+        "log.tensorboard=false",
+        "log.progress=false",
+        f"run_dir={tmp_path / 'run'}",
+    ]
+    assert main(["train", str(PRESET), *small]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert any("tools/turns_per_episode" in r for r in rows)
