@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,13 +55,14 @@ class Task:
         template's default)."""
         return override if override is not None else self.system_prompt
 
-    def chat_fewshot(self, override: Any, *, tool_role: str = "tool") -> list[dict[str, str]]:
+    def chat_fewshot(
+        self, override: Sequence[Mapping[str, str]] | None, *, tool_role: str = "tool"
+    ) -> list[dict[str, str]]:
         """The one few-shot rule of training, evaluation and `spo init-values`: the
-        config's `task.fewshot` when set (messages, conversations or a file; `[]` = none),
-        else the task's own; tool messages take `tool_role`, as in rollouts."""
-        from spo.tasks.fewshot import parse_fewshot
-
-        messages = self.fewshot if override is None else parse_fewshot(override)
+        config's `task.fewshot` when set (messages as `spo.tasks.fewshot.parse_fewshot`
+        returns them; empty = none), else the task's own; tool messages take `tool_role`,
+        as in rollouts."""
+        messages = self.fewshot if override is None else override
         return [
             {"role": tool_role if m["role"] == "tool" else m["role"], "content": m["content"]}
             for m in messages

@@ -533,8 +533,11 @@ def chat_kwargs(cfg: TrainConfig, task) -> dict:
     """The one chat-prompt rule of training, evaluation and `spo init-values`: the
     `system_prompt` and `fewshot` arguments of `spo.policy.models.encode_prompts` (and of
     `spo.eval`), the config's when set, else the task's own (`Task.chat_system_prompt`,
-    `Task.chat_fewshot`)."""
+    `Task.chat_fewshot`; a `task.fewshot` file is read here)."""
+    from spo.tasks.fewshot import parse_fewshot
+
+    own = None if cfg.task.fewshot is None else parse_fewshot(cfg.task.fewshot)
     return {
         "system_prompt": task.chat_system_prompt(cfg.task.system_prompt),
-        "fewshot": task.chat_fewshot(cfg.task.fewshot, tool_role=cfg.rollout.tool_role),
+        "fewshot": task.chat_fewshot(own, tool_role=cfg.rollout.tool_role),
     }
