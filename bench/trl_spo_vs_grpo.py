@@ -182,6 +182,18 @@ def run_arm(arm: str, seed: int, steps: int, before: dict | None = None) -> dict
     return result
 
 
+# two-sided 97.5% quantiles of Student's t, by degrees of freedom
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def _t_interval(values: list[float], scale: float = 100.0) -> str:
+    """mean ± t·s/√n as [lo, hi]: the 95% interval of a mean of n paired differences."""
+    v = [x * scale for x in values]
+    half = T975.get(len(v) - 1, 1.96) * statistics.stdev(v) / len(v) ** 0.5
+    mean = statistics.mean(v)
+    return f"[{mean - half:.1f}, {mean + half:.1f}]"
+
+
 def _fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     v = [x * scale for x in values]
     if len(v) == 1:
@@ -246,9 +258,14 @@ def report(data: dict) -> str:
         ratio = [s["train_runtime_s"] / g["train_runtime_s"] for g, s in pairs]
         lines += [
             "",
-            f"Paired by seed ({len(pairs)} pair(s)), SPO − GRPO after training: greedy "
+            f"Paired by seed (n = {len(pairs)}), SPO − GRPO after training: greedy "
             f"{_fmt(d_greedy)} pp, {k} {_fmt(d_avg)} pp; wall-clock SPO/GRPO {_fmt(ratio, 1, 2)}.",
         ]
+        if len(pairs) > 1:
+            lines.append(
+                f"95% t-intervals of the mean paired difference (n = {len(pairs)}): greedy "
+                f"{_t_interval(d_greedy)} pp, {k} {_t_interval(d_avg)} pp."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -258,6 +275,12 @@ def write_report(data: dict) -> None:
     if REPORT.is_file() and NOTES in REPORT.read_text():
         notes = REPORT.read_text().split(NOTES, 1)[1]
     REPORT.write_text(report(data) + "\n" + NOTES + notes)
+
+
+def _merged_machine(paths: list[Path]) -> str | None:
+    """The machine line the merged arm runs recorded (their threads, not this process's)."""
+    lines = {json.loads(p.read_text()).get("machine") for p in paths} - {None}
+    return " / ".join(sorted(lines)) if lines else None
 
 
 def main(argv=None) -> int:
@@ -300,8 +323,8 @@ def main(argv=None) -> int:
         f"--seeds {args.seeds} --steps {args.steps} --threads {args.threads} "
         f"--eval-prompts {args.eval_prompts}",
         trl=trl.__version__,
-        machine=f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
-        f"{args.threads} threads",
+        machine=_merged_machine(args.merge)
+        or f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, {args.threads} threads",
         settings=SETTINGS,
     )
     for extra in args.merge:  # a run already present (same arm, seed, steps) is not added twice
@@ -332,6 +355,8 @@ def main(argv=None) -> int:
                 data["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 args.out.write_text(json.dumps(data, indent=1))
                 write_report(data)
+    if args.merge:  # the merged runs are the data the page is generated from
+        args.out.write_text(json.dumps(data, indent=1))
     write_report(data)
     print(REPORT.read_text())
     return 0
