@@ -62,7 +62,7 @@ MUTANTS = [
         "baseline_constant_half",
         "baseline is a constant 0.5 instead of the tracker's v̂",
         (
-            "baseline_B = torch.from_numpy(self.spo.baseline(ids_B).astype(np.float32))",
+            "baseline_B = torch.from_numpy(self.spo.baseline(prompt_idx_B).astype(np.float32))",
             "baseline_B = torch.full_like(reward_B, 0.5)",
         ),
     ),
@@ -71,7 +71,7 @@ MUTANTS = [
         "the tracker absorbs 1 − r instead of r",
         (
             "self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)",
-            "self.spo.observe(ids_B, 1.0 - reward_B, step=step, **rho_kw)",
+            "self.spo.observe(prompt_idx_B, 1.0 - reward_B, step=step, **rho_kw)",
         ),
     ),
     _m(
@@ -93,15 +93,18 @@ MUTANTS = [
     _m(
         "baseline_misaligned",
         "each sample gets its neighbour's baseline",
-        ("self.spo.baseline(ids_B).astype", "self.spo.baseline(np.roll(ids_B, 1)).astype"),
+        (
+            "self.spo.baseline(prompt_idx_B).astype",
+            "self.spo.baseline(np.roll(prompt_idx_B, 1)).astype",
+        ),
     ),
     _m(
         "reward_credited_to_other_sample",
         "each completion is scored against another prompt's answer",
         (
-            "scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in ids_B])",
+            "scored = self.rewards(rollouts.texts, [self.train_examples[i] for i in prompt_idx_B])",
             "scored = self.rewards(rollouts.texts, [self.train_examples[i] "
-            "for i in np.roll(ids_B, 1)])",
+            "for i in np.roll(prompt_idx_B, 1)])",
         ),
     ),
     _m(
@@ -109,7 +112,7 @@ MUTANTS = [
         "the tracker credits each reward to the neighbouring prompt",
         (
             "self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)",
-            "self.spo.observe(np.roll(ids_B, 1), reward_B, step=step, **rho_kw)",
+            "self.spo.observe(np.roll(prompt_idx_B, 1), reward_B, step=step, **rho_kw)",
         ),
     ),
     _m(
@@ -168,19 +171,18 @@ MUTANTS = [
     ),
     _m(
         "eval_system_prompt_differs",
-        "in-training evaluation ignores the task's own system prompt",
+        "in-training evaluation ignores the task's own system prompt and few-shot prefix",
         (
-            "system_prompt=self.task.chat_system_prompt(self.cfg.task.system_prompt),\n"
-            "            reward_pool=self.rewards,",
+            "**chat_kwargs(self.cfg, self.task),\n            reward_pool=self.rewards,",
             "system_prompt=self.cfg.task.system_prompt,\n            reward_pool=self.rewards,",
         ),
     ),
     _m(
         "train_system_prompt_differs",
-        "training ignores the task's own system prompt",
+        "training ignores the task's own system prompt and few-shot prefix",
         (
-            "system = self.task.chat_system_prompt(self.cfg.task.system_prompt)",
-            "system = self.cfg.task.system_prompt",
+            "prompts, **chat_kwargs(self.cfg, self.task))",
+            "prompts, system_prompt=self.cfg.task.system_prompt)",
         ),
     ),
     _m(
