@@ -55,7 +55,7 @@ def _imports(path: Path) -> list[tuple[str, str | None, int]]:
     package = me if path.name == "__init__.py" else me.rpartition(".")[0]
     out = []
     for node in ast.walk(tree):
-        if node.lineno in skip if hasattr(node, "lineno") else False:
+        if getattr(node, "lineno", None) in skip:
             continue
         if isinstance(node, ast.Import):
             out += [(a.name, None, node.lineno) for a in node.names if a.name.startswith("spo")]

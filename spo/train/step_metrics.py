@@ -38,7 +38,7 @@ class StepRecord:
     reward_B: torch.Tensor  # (B,) float32 rewards in [0, 1]
     baseline_B: torch.Tensor  # (B,) the baseline the advantage used (zeros: none)
     group_id_B: torch.Tensor  # (B,) int64 group of each sample
-    prompts: np.ndarray  # (P,) distinct prompt indices of the step
+    prompt_idx: np.ndarray  # (P,) distinct prompt indices of the step
     scored: object  # the reward pool's result (`timeouts`, `errors`)
     rollouts: object  # the generated batch (`completion_ids`, `finished`)
     times: StepTimes
@@ -62,8 +62,8 @@ def step_metrics(
         means = torch.zeros(int(group_id_B.max()) + 1).index_add_(0, group_id_B, reward_B)
         raw_adv_B = reward_B - (means / torch.bincount(group_id_B).float())[group_id_B]
     lengths = np.array([len(c) for c in rec.rollouts.completion_ids])
-    values = tracker.value(rec.prompts)
-    counts = tracker.count(rec.prompts)
+    values = tracker.value(rec.prompt_idx)
+    counts = tracker.count(rec.prompt_idx)
     m = {
         "samples": samples_seen,
         "reward/mean": float(reward_B.mean()),

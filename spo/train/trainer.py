@@ -410,7 +410,7 @@ class Trainer:
             reward_B=reward_B,
             baseline_B=baseline_B,
             group_id_B=group_id_B,
-            prompts=prompt_idx,
+            prompt_idx=prompt_idx,
             scored=scored,
             rollouts=rollouts,
             times=StepTimes(t_start, t_gen, t_score, t_train, t_end),
