@@ -120,6 +120,25 @@ def rloo_advantage(reward_B, group_id_B) -> torch.Tensor:
     return torch.where(flat_B | (n_B < 2), torch.zeros_like(adv), adv)
 
 
+def group_baseline(reward_B, group_id_B, *, leave_one_out: bool = False) -> torch.Tensor:
+    """b_B = mean_g r, or (Σ_g r − r)/(n_g − 1) with leave_one_out=True (RLOO) -> (B,).
+
+    reward_B: (B,) in [0, 1]; group_id_B: (B,) int. A group of one and a group whose rewards
+    are all equal get b = r exactly (their advantage is 0, see grpo/rloo_advantage).
+    """
+    r = _rewards(reward_B)
+    inv, G = _groups(group_id_B, r.shape[0])
+    if G == 0:
+        return r.clone()
+    n_G, sum_G, flat_B = _group_stats(r, inv, G)
+    n_B = n_G[inv]
+    if leave_one_out:
+        b = (sum_G[inv] - r) / (n_B - 1).clamp(min=1)
+    else:
+        b = (sum_G / n_G)[inv]
+    return torch.where(flat_B | (n_B < 2), r, b)
+
+
 # ------------------------------------------------------------------------- registry
 AdvantageFn = Callable[..., torch.Tensor]
 
@@ -177,7 +196,35 @@ ADVANTAGES: Registry = Registry(
     {"spo": _spo, "none": _none, "grpo": _grpo, "dr_grpo": _dr_grpo, "rloo": _rloo},
 )
 ADVANTAGE_NEEDS_GROUPS = frozenset({"grpo", "dr_grpo", "rloo"})
+# The baseline b of A = r − b each entry subtracts (before GRPO's std scaling and SPO's batch
+# normalisation): "given" = baseline_B (SPO's v̂₋₁), "zero", "group_mean", "leave_one_out".
+# Every ADVANTAGES entry needs a row (tests/algo/test_advantages.py checks it).
+ADVANTAGE_BASELINE = {
+    "spo": "given",
+    "none": "zero",
+    "grpo": "group_mean",
+    "dr_grpo": "group_mean",
+    "rloo": "leave_one_out",
+}
 ADVANTAGE_NEEDS_BASELINE = frozenset({"spo"})
+
+
+def advantage_baseline(name: str, reward_B, *, baseline_B=None, group_id_B=None) -> torch.Tensor:
+    """b_B (B,) float: the baseline ADVANTAGES[name] subtracts from reward_B, so that the
+    variance ratio Var(r − b)/Var(r) of different algorithms compares like with like."""
+    ADVANTAGES[name]  # unknown name -> the registry's error listing the valid ones
+    kind = ADVANTAGE_BASELINE[name]
+    r = _rewards(reward_B)
+    if kind == "given":
+        _need(name, "baseline_B", baseline_B)
+        b = as_float_tensor(baseline_B, "baseline_B")
+        if tuple(b.shape) != tuple(r.shape):
+            raise ValueError(f"baseline_B must have shape {tuple(r.shape)}; got {tuple(b.shape)}")
+        return b.to(r.dtype)
+    if kind == "zero":
+        return torch.zeros_like(r)
+    _need(name, "group_id_B", group_id_B)
+    return group_baseline(r, group_id_B, leave_one_out=kind == "leave_one_out")
 
 
 def get_advantage(name: str) -> AdvantageFn:

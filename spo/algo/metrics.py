@@ -6,6 +6,12 @@
     degenerate fraction  share of samples in groups whose rewards are all equal
     small-advantage share  share of samples with |A| <= threshold (SPO: 1e-4, 0.02)
     advantage variance   population variance (ddof=0) of the unnormalised advantages
+    variance ratio       Var(r − b)/Var(r) within one batch, b the baseline the step used
+                         (ddof=0 both); NaN when Var(r) = 0 (nothing to reduce)
+    oracle ratio         the same with b = p(x), fresh per-prompt pass rates: the share of
+                         reward variance a perfect per-prompt baseline would leave
+    applied ρ            mean, min, max and share at ρ_min / ρ_max of the ρ values a step
+                         fed to the tracker
 
 pass@k uses the product form, not binomials: no overflow, no cancellation between huge
 numbers, relative error ~n·1e-16 (exact to 1e-12 for n <= 1000 against rational
@@ -24,6 +30,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from spo.algo._validate import check_in_range, check_int, check_scalar, to_numpy
+
+
+_BOUND_ATOL = 1e-6  # ρ "at a bound": clip output, possibly stored as float32 (0.96 is inexact)
 
 
 def _int_array(x, name: str) -> np.ndarray:
@@ -181,3 +190,60 @@ def advantage_variance(
     if a.size == 0:
         return 0.0
     return float(np.var(a))
+
+
+def _reward_and_baseline(
+    reward_B, baseline_B, baseline_name: str, lo: float = -np.inf, hi: float = np.inf
+) -> tuple[np.ndarray, np.ndarray]:
+    r = check_in_range(reward_B, "reward_B")
+    if r.ndim != 1:
+        raise ValueError(f"reward_B must be 1-D (B,); got shape {r.shape}")
+    return r, check_in_range(baseline_B, baseline_name, lo=lo, hi=hi, shape=r.shape)
+
+
+def residual_variance(reward_B, baseline_B) -> float:
+    """Var(r − b) = mean((r − b − mean(r − b))²) (ddof=0); NaN for an empty batch.
+
+    reward_B: (B,) in [0, 1]; baseline_B: (B,) finite, the baseline the step subtracted.
+    """
+    r, b = _reward_and_baseline(reward_B, baseline_B, "baseline_B")
+    return float(np.var(r - b)) if r.size else float("nan")
+
+
+def variance_ratio(reward_B, baseline_B) -> float:
+    """Var(r − b)/Var(r) within the batch (ddof=0); NaN when Var(r) = 0 or B = 0.
+
+    < 1: the baseline removes variance; 1: a constant baseline (or none); > 1: it adds noise.
+    reward_B: (B,) in [0, 1]; baseline_B: (B,) finite.
+    """
+    r, b = _reward_and_baseline(reward_B, baseline_B, "baseline_B")
+    var_r = float(np.var(r)) if r.size else 0.0
+    return float(np.var(r - b)) / var_r if var_r > 0 else float("nan")
+
+
+def oracle_variance_ratio(reward_B, pass_rate_B) -> float:
+    """Var(r − p(x))/Var(r): the variance ratio of a perfect per-prompt baseline.
+
+    reward_B: (B,) in [0, 1]; pass_rate_B: (B,) in [0, 1] the fresh empirical success rate
+    of each sample's prompt under the policy that sampled it. NaN when Var(r) = 0.
+    """
+    r, p = _reward_and_baseline(reward_B, pass_rate_B, "pass_rate_B", 0.0, 1.0)
+    return variance_ratio(r, p)
+
+
+def applied_rho_stats(rho_B, *, rho_min: float, rho_max: float) -> dict[str, float]:
+    """{"mean", "min", "max", "at_min", "at_max"} of the ρ values applied to a batch.
+
+    rho_B: (B,) in (0, 1]; at_min / at_max = share within 1e-6 of rho_min / rho_max.
+    NaN everywhere for an empty batch.
+    """
+    rho = check_in_range(rho_B, "rho_B", lo=0.0, hi=1.0).reshape(-1).astype(np.float64)
+    if rho.size == 0:
+        return dict.fromkeys(("mean", "min", "max", "at_min", "at_max"), float("nan"))
+    return {
+        "mean": float(rho.mean()),
+        "min": float(rho.min()),
+        "max": float(rho.max()),
+        "at_min": float(np.mean(np.abs(rho - rho_min) <= _BOUND_ATOL)),
+        "at_max": float(np.mean(np.abs(rho - rho_max) <= _BOUND_ATOL)),
+    }

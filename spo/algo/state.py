@@ -73,6 +73,7 @@ class SPOState:
         self.drift = DriftTracker(0)
         self.sampler = PrioritySampler(eps=eps, seed=seed, mode=sampler)
         self._last: dict[str, float] = {}
+        self.last_divergence: np.ndarray | None = None  # D (B,) behind the last observe's ρ
         if isinstance(keys, int | np.integer) and not isinstance(keys, bool):
             self._key_to_id: dict | None = None  # keys are 0..n-1 themselves
             self._keys: list | None = None
@@ -183,12 +184,14 @@ class SPOState:
         """Add one step's policy drift to the clock used when `observe` gets no rho/divergence."""
         self.drift.advance(step_drift)
 
-    def observe(self, keys, rewards, *, step: int, rho=None, divergence=None) -> None:
+    def observe(self, keys, rewards, *, step: int, rho=None, divergence=None) -> np.ndarray:
         """Absorb rewards after the policy update: α ← ρα + r, β ← ρβ + (1 − r) per key.
 
         rho: scalar or (B,) in (0, 1]; divergence: scalar or (B,) D >= 0 -> ρ(D); neither:
-        D = drift accumulated by `advance` since each key's last visit. Duplicate keys are
-        applied in order.
+        D = drift accumulated by `advance` since each key's last visit (or its offline
+        initialisation, `init_from_counts`). Duplicate keys are applied in order.
+        Returns the ρ applied to each sample, float64 (B,); `last_divergence` holds the D
+        it came from (None when `rho` was given).
         """
         if rho is not None and divergence is not None:
             raise ValueError("give observe() rho or divergence, not both")
@@ -204,13 +207,17 @@ class SPOState:
             "rho_min": self.tracker.rho_min,
             "rho_max": self.tracker.rho_max,
         }
+        self.last_divergence = None
         if rho is None:
             if divergence is None:
                 divergence = self.drift.divergence(idx)
                 self.drift.mark(idx)
+            self.last_divergence = np.broadcast_to(
+                np.asarray(divergence, dtype=np.float64), idx.shape
+            ).copy()
             rho = rho_from_divergence(divergence, **clip)
         self.tracker.update(idx, r, rho, step=step)
-        rho_B = np.broadcast_to(np.asarray(rho, dtype=np.float64), idx.shape)
+        rho_B = np.broadcast_to(np.asarray(rho, dtype=np.float64), idx.shape).copy()
         r_B = r.double().numpy()
         self._last = {
             "rho_mean": float(rho_B.mean()) if idx.size else float("nan"),
@@ -220,6 +227,7 @@ class SPOState:
             "adv_abs_le_0.02": float(small_advantage_fraction(raw_B, 0.02)) if idx.size else 0.0,
             "value_mean": float(self.tracker.value(idx).mean()) if idx.size else float("nan"),
         }
+        return rho_B
 
     def metrics(self) -> dict[str, float]:
         """Tracker health for logs: v̂ mean, seen fraction, ρ and variance ratio of the last observe.
@@ -295,6 +303,18 @@ class SPOState:
         a = self.tracker.alpha.astype(np.float64)
         return write_values(path, [str(k) for k in self.keys], a, a + self.tracker.beta, prompts)
 
+    def init_from_counts(self, keys, successes, trials) -> None:
+        """Offline init (§3) of distinct `keys` (B,) from s successes in n trials (B,) each.
+
+        v̂₀ = (s + 0.5)/(n + 1) with N₀ = 1/(1 − ρ_min) (`ValueTracker.init_from_counts`).
+        Initialisation counts as a visit of the drift clock now: the first `observe` of such
+        a key gets D = the drift accumulated since, not a fresh D = 0 (its prior comes from
+        the policy at initialisation, which has moved since).
+        """
+        idx = self.index(keys)
+        self.tracker.init_from_counts(idx, successes, trials)
+        self.drift.mark(idx)
+
     def load_values(self, path) -> int:
         """Offline init (§3) from an `spo init-values` parquet, rows matched by str(key).
 
@@ -303,7 +323,7 @@ class SPOState:
         from spo.algo.values import load_values
 
         idx, successes, trials = load_values(path, [str(k) for k in self.keys])
-        self.tracker.init_from_counts(idx, successes, trials)
+        self.init_from_counts(self._to_keys(idx), successes, trials)
         return len(idx)
 
     def __repr__(self) -> str:

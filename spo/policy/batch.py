@@ -48,8 +48,12 @@ class PackedBatch:
         """Rows lo..hi-1 cut into index sets of at most `size`, rows of similar length
         together: `select` trims each set to its own longest sequence, so sorting by length
         first removes most padding (a third of the trained tokens for 64 arithmetic samples)."""
-        order = lo + torch.argsort(self.seq_len_B[lo:hi], stable=True)
-        return list(order.split(size))
+        return self.micro_batches_of(torch.arange(lo, hi), size)
+
+    def micro_batches_of(self, rows: Tensor, size: int) -> list[Tensor]:
+        """`micro_batches` of any row index set (e.g. a shuffled mini-batch)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return list(rows[torch.argsort(self.seq_len_B[rows], stable=True)].split(size))
 
     def select(self, idx: Tensor | list[int] | slice) -> PackedBatch:
         """Rows `idx` as their own batch, trimmed to their own longest sequence/completion."""

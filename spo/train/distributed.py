@@ -208,7 +208,7 @@ class TrainerRank:
             weights = policy_weights(self.policy)
         return weights if self.rank == 0 else None
 
-    def update(self, batch, adv_B, behaviour_logp_BT, stale_B):
+    def update(self, batch, adv_B, behaviour_logp_BT, stale_B, shuffle_seed=None):
         stats, old_logp_BT = ppo_update(
             self.logp_fn,
             self.model,
@@ -219,6 +219,7 @@ class TrainerRank:
             behaviour_logp_BT,
             stale_B,
             comm=self.comm,
+            shuffle_seed=shuffle_seed,  # the same on every rank: the same mini-batches
         )
         weights = self._weights()
         return (stats, old_logp_BT, weights) if self.rank == 0 else None
@@ -313,8 +314,10 @@ class TrainerGroup:
         refs = [self.ray.put(a) for a in args]
         return self._get([getattr(r, method).remote(*refs) for r in self.ranks])[0]
 
-    def update(self, batch, adv_B, behaviour_logp_BT, stale_B=None):
-        stats, old_logp_BT, weights = self._call("update", batch, adv_B, behaviour_logp_BT, stale_B)
+    def update(self, batch, adv_B, behaviour_logp_BT, stale_B=None, *, shuffle_seed=None):
+        stats, old_logp_BT, weights = self._call(
+            "update", batch, adv_B, behaviour_logp_BT, stale_B, shuffle_seed
+        )
         load_policy_weights(self.model, weights)
         return stats, old_logp_BT
 

@@ -15,7 +15,8 @@ its own state under its own key of the trainer's state (`key`, None = nothing to
 - `DriftRho`     cumulative policy drift on a few re-scored sequences of the batch; state:
                  SPOState's drift clock (key "drift", `DriftTracker.state_dict`).
 - `ReplayRho`    the reference code's estimator: re-score the response stored at each
-                 prompt's last visit; state: the `ReplayStore` (key "replay").
+                 prompt's last visit; state: the `ReplayStore` plus the drift clock that
+                 serves offline-initialised prompts' first visits (key "replay").
 
 Checkpoints of the code before these objects held both "drift" and "replay" whatever the
 mode; they load as they are (the active estimator reads its key, the other is ignored). A
@@ -97,12 +98,19 @@ class DriftRho:
 
 class ReplayRho:
     """D(x) = replay_divergence of the response stored at x's last visit, re-scored now;
-    then this step's responses and their post-update log-probs replace the stored ones."""
+    then this step's responses and their post-update log-probs replace the stored ones.
+
+    A prompt initialised offline (`SPOState.init_from_counts`) has no stored response at
+    its first visit; its D is the drift accumulated since initialisation on SPOState's
+    drift clock, which this estimator advances every step by `policy_drift` of the whole
+    batch (the before/after log-probs it computes anyway, so it costs nothing extra)."""
 
     key = "replay"
 
-    def __init__(self, scorer: Scorer, prompt_tokens: Sequence[list[int]], pad_id: int):
-        self.scorer, self.prompt_tokens, self.pad_id = scorer, prompt_tokens, pad_id
+    def __init__(
+        self, spo: SPOState, scorer: Scorer, prompt_tokens: Sequence[list[int]], pad_id: int
+    ):
+        self.spo, self.scorer, self.prompt_tokens, self.pad_id = spo, scorer, prompt_tokens, pad_id
         self.store = ReplayStore()
 
     def step(self, prompt_idx_B, batch, rollouts, old_logp_BT) -> tuple[dict, dict[str, float]]:
@@ -122,7 +130,13 @@ class ReplayRho:
                     stored_BT[row, : len(lp)] = torch.from_numpy(lp)
                 d_B[known] = replay_divergence(new, stored_BT, old.completion_mask_BT).numpy()
             after = self.scorer.logp(batch)
-        lengths = batch.completion_mask_BT.sum(1).tolist()
+        mask_BT = batch.completion_mask_BT
+        self.spo.advance(float(policy_drift(after, old_logp_BT[:, : after.shape[1]], mask_BT)))
+        fresh_B = np.ones(len(prompt_idx_B), dtype=bool)
+        fresh_B[known] = False
+        if fresh_B.any():  # never stored: D since offline init on the drift clock (0 if none)
+            d_B[fresh_B] = self.spo.drift.divergence(np.asarray(prompt_idx_B)[fresh_B])
+        lengths = mask_BT.sum(1).tolist()
         for row, idx in enumerate(prompt_idx_B):
             n_tok = int(lengths[row])
             self.store.put(
@@ -133,10 +147,12 @@ class ReplayRho:
         return {"divergence": d_B}, {"rho/replay_bytes": float(self.store.nbytes)}
 
     def state_dict(self) -> dict:
-        return self.store.state_dict()
+        return {**self.store.state_dict(), "drift": self.spo.drift.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.store.load_state_dict(state)
+        if "drift" in state:  # absent in checkpoints from before offline-init drift
+            self.spo.drift.load_state_dict(state["drift"])
 
 
 def make_estimator(
@@ -155,5 +171,5 @@ def make_estimator(
     if mode == "drift":
         return DriftRho(spo, scorer, drift_sample)
     if mode == "replay":
-        return ReplayRho(scorer, prompt_tokens, pad_id)
+        return ReplayRho(spo, scorer, prompt_tokens, pad_id)
     raise ValueError(f"tracker.rho must be constant, drift or replay; got {mode!r}")

@@ -273,7 +273,8 @@ class Trainer:
                 f"values file {path!r} shares no prompt id with task "
                 f"{self.cfg.task.name!r}; rerun `spo init-values` for this task"
             )
-        self.tracker.init_from_counts(prompt_idx, successes, trials)
+        # counts as a visit at step 0: the first real visit gets the drift since (SPOState)
+        self.spo.init_from_counts(prompt_idx, successes, trials)
         missing = len(prompt_ids) - len(prompt_idx)
         if missing:
             print(
@@ -393,12 +394,15 @@ class Trainer:
             loss_mask=loss_mask,
         )
         stale_B = stale_B if stale_B is not None and stale_B.any() else None
-        train_stats, old_logp_BT = self._update(batch, adv_B, rollouts, stale_B)
+        train_stats, old_logp_BT = self._update(batch, adv_B, rollouts, stale_B, step)
         self.engine.sync_weights(self.model)
         t_train = time.perf_counter()
 
+        # The tracker as the step used it (v̂₋₁, N), read before it absorbs the rewards.
+        value_P, count_P = self.tracker.value(prompt_idx), self.tracker.count(prompt_idx)
+        first_visit_B = ~self.tracker.seen(prompt_idx_B)
         rho_kw, rho_stats = self.rho.step(prompt_idx_B, batch, rollouts, old_logp_BT)
-        self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)
+        rho_B = self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)
         if step % TRIM_EVERY == 0:  # freed activations back to the OS (spo.train.heap)
             trim_heap()
         t_end = time.perf_counter()
@@ -414,6 +418,12 @@ class Trainer:
             scored=scored,
             rollouts=rollouts,
             times=StepTimes(t_start, t_gen, t_score, t_train, t_end),
+            advantage=adv_name,
+            value_P=value_P,
+            count_P=count_P,
+            first_visit_B=first_visit_B,
+            rho_B=rho_B,
+            divergence_B=self.spo.last_divergence,
             train_stats=train_stats,
             extra_stats={**rho_stats, **rollout_stats},
         )
@@ -426,15 +436,19 @@ class Trainer:
         )
 
     def _update(
-        self, batch, adv_B: torch.Tensor, rollouts, stale_B: torch.Tensor | None = None
+        self, batch, adv_B: torch.Tensor, rollouts, stale_B: torch.Tensor | None, step: int
     ) -> tuple[dict[str, float], torch.Tensor]:
         """PPO-clip updates (`spo.train.update.ppo_update`, here or in the trainer group);
         returns stats and the pre-update log-probs (needed by the drift/replay estimators).
-        Behaviour log-probs go along for stale async rows and loss.tis_cap."""
+        Behaviour log-probs go along for stale async rows and loss.tis_cap. Mini-batches
+        are a shuffle seeded by (seed, step): resume draws the same ones."""
         behaviour_logp_BT = None
         if self.cfg.loss.tis_cap or stale_B is not None:
             behaviour_logp_BT = pad_logp(rollouts.logp, batch.completion_mask_BT.shape[1])
-        return self.updater.update(batch, adv_B, behaviour_logp_BT, stale_B)
+        shuffle_seed = _step_seed(self.cfg.seed, step, 2)
+        return self.updater.update(
+            batch, adv_B, behaviour_logp_BT, stale_B, shuffle_seed=shuffle_seed
+        )
 
     # ---------------------------------------------------------------------- run
     def _on_signal(self, signum, _frame) -> None:

@@ -1,7 +1,10 @@
 """The policy update of one step (PPO-clip over mini-batches) and the no-grad re-scoring
 passes, written once for one process and for a group of trainer ranks.
 
-`ppo_update` runs `optim.updates_per_step` optimizer steps; each mini-batch is cut into
+`ppo_update` runs `optim.updates_per_step` optimizer steps on equal mini-batches of a
+seeded random permutation of the batch (`minibatch_rows`; the trainer seeds it from
+(seed, step), so a resumed run draws the same ones; with one update per step the
+mini-batch is the whole batch and nothing is permuted). Each mini-batch is cut into
 micro-batches (`PackedBatch.micro_batches`: rows of similar length together). With one
 process (`LOCAL`) every micro-batch runs here. In a trainer group
 (`spo.train.distributed`, `cluster.trainer_workers = W`) micro-batch i runs on rank
@@ -80,6 +83,19 @@ def rows_logp(logp_fn: LogpFn, batch: PackedBatch, rows: int, comm: Comm = LOCAL
     return comm.sum_(out_BT)
 
 
+def minibatch_rows(B: int, n_updates: int, shuffle_seed: int | None) -> list[Tensor]:
+    """The rows of each of `n_updates` equal mini-batches of a batch of B: a permutation of
+    0..B-1 drawn from `shuffle_seed` cut into n_updates parts (batch order when the seed is
+    None or n_updates == 1). Batch order would be priority (draw) order for SPO: the first
+    mini-batch would hold the highest-priority prompts."""
+    if shuffle_seed is None or n_updates == 1:
+        order = torch.arange(B)
+    else:
+        order = torch.randperm(B, generator=torch.Generator().manual_seed(shuffle_seed))
+    mb = B // n_updates  # config makes B a multiple of n_updates (samples_per_step)
+    return [order[u * mb : (u + 1) * mb] for u in range(n_updates)]
+
+
 def ppo_update(
     logp_fn: LogpFn,
     model: torch.nn.Module,
@@ -90,9 +106,11 @@ def ppo_update(
     behaviour_logp_BT: Tensor | None,
     stale_B: Tensor | None = None,
     comm: Comm = LOCAL,
+    shuffle_seed: int | None = None,
 ) -> tuple[dict[str, float], Tensor]:
-    """PPO-clip updates over `cfg.optim.updates_per_step` mini-batches; returns stats and
-    the pre-update log-probs (needed by the drift/replay estimators), on every rank.
+    """PPO-clip updates over `cfg.optim.updates_per_step` mini-batches (`minibatch_rows`
+    of `shuffle_seed`); returns stats and the pre-update log-probs (needed by the
+    drift/replay estimators), in batch order, on every rank.
 
     Rows marked in `stale_B` (async rollouts older than rollout.max_staleness) take
     their behaviour log-probs (`behaviour_logp_BT`) as old_logp: the importance ratio is
@@ -100,7 +118,6 @@ def ppo_update(
     truncated ratio of trainer to engine log-probs. `cfg` is a TrainConfig."""
     B = adv_B.shape[0]
     n_updates = cfg.optim.updates_per_step
-    mb = B // n_updates
     micro = cfg.optim.micro_batch_size
     dev = next(model.parameters()).device  # bookkeeping stays on the CPU
     mask_BT = batch.completion_mask_BT
@@ -116,16 +133,15 @@ def ppo_update(
     model.train()
     sums: dict[str, float] = {}
     losses, grad_norms = [], []
-    for u in range(n_updates):
-        lo_u, hi_u = u * mb, (u + 1) * mb
-        mb_mask = mask_BT[lo_u:hi_u]
+    for rows_u in minibatch_rows(B, n_updates, shuffle_seed):
+        mb_mask = mask_BT[rows_u]
         # The mini-batch's global normaliser makes micro-batch losses sum to the exact
         # mini-batch aggregate (tokens for token-mean, non-empty rows for seq-mean).
         normalizer = float(
             mb_mask.sum() if cfg.loss.agg == "token-mean" else (mb_mask.sum(1) > 0).sum()
         )
         loss_total = 0.0
-        for idx, real in share(batch.micro_batches(lo_u, hi_u, micro), comm):
+        for idx, real in share(batch.micro_batches_of(rows_u, micro), comm):
             sub = batch.select(idx)
             logp_bt = logp_fn(sub)
             T = logp_bt.shape[1]
@@ -199,7 +215,7 @@ class LocalUpdate:
         temperature = cfg.rollout.temperature or 1.0
         self.logp_fn = lambda sub: completion_logp(model, sub, temperature=temperature)
 
-    def update(self, batch, adv_B, behaviour_logp_BT, stale_B=None):
+    def update(self, batch, adv_B, behaviour_logp_BT, stale_B=None, *, shuffle_seed=None):
         return ppo_update(
             self.logp_fn,
             self.model,
@@ -209,6 +225,7 @@ class LocalUpdate:
             adv_B,
             behaviour_logp_BT,
             stale_B,
+            shuffle_seed=shuffle_seed,
         )
 
     def logp(self, batch: PackedBatch) -> Tensor:
