@@ -132,10 +132,8 @@ def group_baseline(reward_B, group_id_B, *, leave_one_out: bool = False) -> torc
         return r.clone()
     n_G, sum_G, flat_B = _group_stats(r, inv, G)
     n_B = n_G[inv]
-    if leave_one_out:
-        b = (sum_G[inv] - r) / (n_B - 1).clamp(min=1)
-    else:
-        b = (sum_G / n_G)[inv]
+    loo_B = (sum_G[inv] - r) / (n_B - 1).clamp(min=1)
+    b = loo_B if leave_one_out else (sum_G / n_G)[inv]
     return torch.where(flat_B | (n_B < 2), r, b)
 
 

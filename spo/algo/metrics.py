@@ -31,7 +31,6 @@ import numpy as np
 
 from spo.algo._validate import check_in_range, check_int, check_scalar, to_numpy
 
-
 _BOUND_ATOL = 1e-6  # ρ "at a bound": clip output, possibly stored as float32 (0.96 is inexact)
 
 

@@ -217,3 +217,45 @@ def test_bool_group_ids_are_refused():
     with pytest.raises(ValueError) as info:
         grpo_advantage(torch.ones(2), torch.tensor([True, False]))
     assert str(info.value) == "group_id_B must be integer group ids; got dtype torch.bool"
+
+
+def test_group_baseline_by_hand():
+    from spo.algo import group_baseline
+
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.5])
+    g = torch.tensor([0, 0, 0, 1, 1, 2])
+    # group 0: mean 1/3; leave-one-out: others' mean [0, 0.5, 0.5]; group 1 all equal: b = r;
+    # group 2 a singleton: b = r
+    torch.testing.assert_close(
+        group_baseline(r, g), torch.tensor([1 / 3, 1 / 3, 1 / 3, 1.0, 1.0, 0.5])
+    )
+    torch.testing.assert_close(
+        group_baseline(r, g, leave_one_out=True), torch.tensor([0.0, 0.5, 0.5, 1.0, 1.0, 0.5])
+    )
+
+
+def test_advantage_baseline_is_what_each_estimator_subtracts():
+    """A = r − b for every entry, before its scaling: the variance ratio's b is the real one."""
+    from spo.algo import ADVANTAGE_BASELINE, advantage_baseline
+
+    assert set(ADVANTAGE_BASELINE) == set(ADVANTAGES)  # a new algorithm needs its row
+    gen = torch.Generator().manual_seed(3)
+    r = torch.randint(0, 3, (12,), generator=gen).float() / 2
+    g = torch.arange(12) // 4
+    v = torch.rand(12, generator=gen)
+    b = {n: advantage_baseline(n, r, baseline_B=v, group_id_B=g) for n in ADVANTAGES}
+    torch.testing.assert_close(b["spo"], v)
+    torch.testing.assert_close(b["none"], torch.zeros(12))
+    torch.testing.assert_close(r - b["dr_grpo"], ADVANTAGES["dr_grpo"](r, group_id_B=g))
+    torch.testing.assert_close(r - b["rloo"], ADVANTAGES["rloo"](r, group_id_B=g))
+    std = torch.stack([r[g == k].std() for k in range(3)])[g]
+    grpo = ADVANTAGES["grpo"](r, group_id_B=g)
+    torch.testing.assert_close(torch.where(grpo == 0, 0.0, (r - b["grpo"]) / (std + 1e-6)), grpo)
+    spo = ADVANTAGES["spo"](r, baseline_B=v)
+    torch.testing.assert_close(spo, spo_advantage(r, b["spo"]))
+    with pytest.raises(UnknownNameError, match="valid: "):
+        advantage_baseline("nope", r)
+    with pytest.raises(ValueError, match="'rloo' needs group_id_B"):
+        advantage_baseline("rloo", r)
+    with pytest.raises(ValueError, match="'spo' needs baseline_B"):
+        advantage_baseline("spo", r)

@@ -229,3 +229,72 @@ def test_pass_at_k_non_integer_counts_message(n, message):
     with pytest.raises(ValueError) as info:
         pass_at_k(n, 1, 1)
     assert str(info.value) == message
+
+
+# ------------------------------------------------ issue 19: within-batch variance, applied ρ
+def test_variance_ratio_by_hand():
+    from spo.algo import residual_variance, variance_ratio
+
+    r = np.array([1.0, 0.0, 1.0, 0.0])
+    b = np.array([0.75, 0.25, 0.5, 0.5])
+    # Var(r) = 0.25. r − b = [0.25, −0.25, 0.5, −0.5], mean 0, Var = (2·0.0625 + 2·0.25)/4
+    assert residual_variance(r, b) == pytest.approx(0.15625)
+    assert variance_ratio(r, b) == pytest.approx(0.15625 / 0.25)
+    # a constant baseline leaves the variance as it is; b = r removes all of it
+    assert variance_ratio(r, np.full(4, 0.3)) == pytest.approx(1.0)
+    assert variance_ratio(r, r) == 0.0
+    # a baseline anti-correlated with r adds variance: r − (1 − r) = [1, −1, 1, −1], Var 1
+    assert variance_ratio(r, 1 - r) == pytest.approx(4.0)
+    # torch in, fractional rewards: r = [0.5, 0.25], b = [0, 0.5]: r − b = [0.5, −0.25]
+    # Var(r) = 0.015625, Var(r − b) = 0.140625 -> 9
+    assert variance_ratio(torch.tensor([0.5, 0.25]), torch.tensor([0.0, 0.5])) == pytest.approx(9)
+
+
+def test_variance_ratio_is_nan_without_reward_variance_and_checks_input():
+    from spo.algo import residual_variance, variance_ratio
+
+    assert np.isnan(variance_ratio([1.0, 1.0, 1.0], [0.2, 0.5, 0.9]))
+    assert np.isnan(variance_ratio([], []))
+    assert np.isnan(residual_variance([], []))
+    assert residual_variance([1.0, 1.0], [0.2, 0.6]) == pytest.approx(0.04)
+    # a learned value may leave [0, 1]: any finite baseline is accepted.
+    # r − b = [−0.2, 0.1]: deviations ±0.15, Var = 0.0225; Var(r) = 0.25
+    assert variance_ratio([1.0, 0.0], [1.2, -0.1]) == pytest.approx(0.0225 / 0.25)
+    with pytest.raises(ValueError, match="baseline_B must have shape"):
+        variance_ratio([1.0, 0.0], [0.5])
+    with pytest.raises(ValueError, match="reward_B must be in"):
+        variance_ratio([1.5, 0.0], [0.5, 0.5])
+    with pytest.raises(ValueError, match="baseline_B must be in"):
+        variance_ratio([1.0, 0.0], [np.nan, 0.5])
+
+
+def test_oracle_variance_ratio_by_hand():
+    from spo.algo import oracle_variance_ratio
+
+    # Two prompts with pass rates 0.9 and 0.1, two samples each: r = [1, 1, 0, 0].
+    # Var(r) = 0.25; r − p = [0.1, 0.1, −0.1, −0.1], Var = 0.01 -> 0.04
+    r = np.array([1.0, 1.0, 0.0, 0.0])
+    assert oracle_variance_ratio(r, [0.9, 0.9, 0.1, 0.1]) == pytest.approx(0.04)
+    # homogeneous pass rates: the perfect per-prompt baseline is a constant, ratio 1
+    assert oracle_variance_ratio(r, np.full(4, 0.5)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="pass_rate_B must be in"):
+        oracle_variance_ratio(r, [1.2, 0.9, 0.1, 0.1])
+
+
+def test_applied_rho_stats_by_hand():
+    from spo.algo import applied_rho_stats
+
+    rho = np.array([0.875, 0.9, 0.96, np.float32(0.96), 0.875, 0.93])
+    s = applied_rho_stats(rho, rho_min=0.875, rho_max=0.96)
+    assert s["mean"] == pytest.approx((0.875 * 2 + 0.9 + 0.96 * 2 + 0.93) / 6, abs=1e-7)
+    assert s["min"] == 0.875
+    assert s["max"] == pytest.approx(0.96, abs=1e-7)
+    assert s["at_min"] == pytest.approx(2 / 6)
+    assert s["at_max"] == pytest.approx(2 / 6)  # the float32 0.96 counts as the bound
+    inner = applied_rho_stats([0.9, 0.93], rho_min=0.875, rho_max=0.96)
+    assert inner["at_min"] == inner["at_max"] == 0.0
+    empty = applied_rho_stats([], rho_min=0.875, rho_max=0.96)
+    assert sorted(empty) == ["at_max", "at_min", "max", "mean", "min"]
+    assert all(np.isnan(v) for v in empty.values())
+    with pytest.raises(ValueError, match="rho_B must be in"):
+        applied_rho_stats([1.5], rho_min=0.875, rho_max=0.96)

@@ -212,3 +212,43 @@ def test_parquet_in_init_values_format(tmp_path):
         (np.asarray(table["successes"]) + 0.5) / (np.asarray(table["trials"]) + 1),
         rtol=1e-6,
     )
+
+
+def test_observe_returns_the_applied_rho_and_the_divergence_behind_it():
+    s = SPOState(4, d_half=0.1)
+    rho = s.observe([0, 1], [1.0, 0.0], step=1)  # drift clock: first visits, D = 0
+    np.testing.assert_array_equal(rho, [0.96, 0.96])
+    np.testing.assert_array_equal(s.last_divergence, [0.0, 0.0])
+    s.advance(0.1)
+    rho = s.observe([0, 2], [1.0, 1.0], step=2)  # 0 revisited after D = 0.1: 2^-1 -> clipped
+    np.testing.assert_allclose(s.last_divergence, [0.1, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(rho, [0.875, 0.96])
+    rho = s.observe([1, 3], [0.0, 1.0], step=3, divergence=[0.01, 0.0])
+    np.testing.assert_allclose(rho, [2 ** (-0.1), 0.96])  # 0.933: inside the bounds
+    np.testing.assert_allclose(s.last_divergence, [0.01, 0.0])
+    rho = s.observe([3], [1.0], step=4, rho=0.9)
+    np.testing.assert_array_equal(rho, [0.9])
+    assert s.last_divergence is None
+
+
+def test_offline_init_counts_as_a_visit_of_the_drift_clock(tmp_path):
+    """An offline prior comes from the policy at initialisation: its first observe gets the
+    drift accumulated since, not the fresh-prompt D = 0 (issue 19)."""
+    s = SPOState(["a", "b", "c"], d_half=0.2)
+    s.init_from_counts(["a"], [3], [8])
+    assert s.drift.seen().tolist() == [True, False, False]
+    s.advance(0.1)
+    s.advance(0.1)
+    rho = s.observe(["a", "b"], [1.0, 0.0], step=1)
+    np.testing.assert_allclose(s.last_divergence, [0.2, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(rho, [0.875, 0.96])  # 2^-1 clipped to ρ_min; fresh b: ρ_max
+    # N₀ = 8: α = ρ·α₀ + r with the discounted ρ
+    np.testing.assert_allclose(s.tracker.count([0]), [0.875 * 8 + 1], rtol=1e-6)
+    # the parquet path marks the same way
+    path = write_values(tmp_path / "v.parquet", ["c"], [1], [8])
+    t = SPOState(["a", "b", "c"], d_half=1.0)
+    t.advance(0.05)
+    assert t.load_values(path) == 1
+    t.advance(0.1)
+    t.observe(["c", "a"], [1.0, 1.0], step=1)
+    np.testing.assert_allclose(t.last_divergence, [0.1, 0.0], rtol=1e-6)
