@@ -26,7 +26,14 @@ from spo.algo.advantages import (
     rloo_advantage,
     spo_advantage,
 )
-from spo.algo.forgetting import DriftTracker, policy_drift, replay_divergence, rho_from_divergence
+from spo.algo.forgetting import (
+    DriftTracker,
+    d_half_for_median,
+    d_half_widest,
+    policy_drift,
+    replay_divergence,
+    rho_from_divergence,
+)
 from spo.algo.losses import AGGREGATIONS, ppo_clip_loss, tis_weight
 from spo.algo.metrics import (
     advantage_variance,
@@ -59,6 +66,8 @@ __all__ = [
     "advantage_variance",
     "applied_rho_stats",
     "avg_at_k",
+    "d_half_for_median",
+    "d_half_widest",
     "degenerate_fraction",
     "get_advantage",
     "group_baseline",

@@ -21,6 +21,12 @@ drift assumes the policy moves about equally on all prompts (a global clock of p
 change) and sums per-step distances, which by the triangle inequality over-estimates the
 direct distance when successive updates partly cancel (→ somewhat smaller ρ, i.e. more
 forgetting). First visit: D = 0, so ρ = ρ_max, in both (as the spec says).
+
+Setting D_half (spec §2: "set it from the measured D distribution"): ρ moves between its
+bounds only while D ∈ [D_half·log2(1/ρ_max), D_half·log2(1/ρ_min)], a window whose ends
+differ by a fixed factor (3.27 for the defaults) whatever D_half is. `d_half_for_median`
+centres it on the median revisit: ρ(median D) = (ρ_min + ρ_max)/2; `d_half_widest` places
+it where it holds the most revisits. bench/rho_divergence.py measures D and prints both.
 """
 
 from __future__ import annotations
@@ -176,3 +182,37 @@ class DriftTracker:
 
     def __repr__(self) -> str:
         return f"DriftTracker(num_prompts={self.num_prompts}, total={self.total:.6g})"
+
+
+def _revisit_divergences(d_R) -> np.ndarray:
+    d = check_in_range(d_R, "d_R", lo=0.0, hi=np.inf).reshape(-1)
+    d = d[d > 0]
+    if d.size == 0:
+        raise ValueError("d_R needs at least one positive divergence (revisits after an update)")
+    return d
+
+
+def d_half_for_median(d_R, *, rho_min: float = 0.875, rho_max: float = 0.96) -> float:
+    """D_half with ρ(median D) = ρ_mid = (ρ_min + ρ_max)/2: D_half = median(D)·ln 2/(−ln ρ_mid).
+
+    d_R: (R,) divergences of revisits (zeros, e.g. first visits, are dropped).
+    """
+    rho_min, rho_max = check_rho_bounds(rho_min, rho_max)
+    mid = 0.5 * (rho_min + rho_max)
+    return float(np.median(_revisit_divergences(d_R)) * np.log(2.0) / -np.log(mid))
+
+
+def d_half_widest(d_R, *, rho_min: float = 0.875, rho_max: float = 0.96) -> float:
+    """D_half whose window [D_half·log2(1/ρ_max), D_half·log2(1/ρ_min)] holds the most of d_R.
+
+    Candidate windows start at each observed D (an optimum always has a point there; ties:
+    the smallest D); the chosen one is then centred (geometric mean) on the first and last
+    D it holds, so they sit inside the bounds, not on them. d_R: (R,) revisit divergences
+    (zeros dropped).
+    """
+    rho_min, rho_max = check_rho_bounds(rho_min, rho_max)
+    d = np.sort(_revisit_divergences(d_R))
+    lo_per_half, hi_per_half = -np.log2(rho_max), -np.log2(rho_min)
+    end = np.searchsorted(d, d * (hi_per_half / lo_per_half), side="right")
+    i = int(np.argmax(end - np.arange(d.size)))
+    return float(np.sqrt(d[i] * d[end[i] - 1]) / np.sqrt(lo_per_half * hi_per_half))

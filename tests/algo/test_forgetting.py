@@ -184,3 +184,36 @@ def test_drift_tracker_size_must_be_a_count(num_prompts, message):
         DriftTracker(num_prompts)
     assert str(info.value) == message
     assert DriftTracker(0).num_prompts == 0
+
+
+def test_d_half_for_median_puts_the_median_revisit_mid_range():
+    from spo.algo import d_half_for_median
+
+    # median 0.02 (the zero, a first visit, is dropped): 0.02·ln 2/−ln(0.9175) = 0.16101
+    d_half = d_half_for_median([0.0, 0.01, 0.02, 0.03], rho_min=0.875, rho_max=0.96)
+    assert d_half == pytest.approx(0.02 * math.log(2) / -math.log(0.9175))
+    assert d_half == pytest.approx(0.16101, abs=1e-5)
+    assert rho_from_divergence(0.02, d_half=d_half) == pytest.approx(0.9175)
+    # other bounds: mid 0.85
+    assert rho_from_divergence(
+        0.5, d_half=d_half_for_median([0.5], rho_min=0.8, rho_max=0.9), rho_min=0.8, rho_max=0.9
+    ) == pytest.approx(0.85)
+    with pytest.raises(ValueError, match="at least one positive divergence"):
+        d_half_for_median([0.0, 0.0])
+
+
+def test_d_half_widest_holds_the_densest_window_inside_the_bounds():
+    from spo.algo import applied_rho_stats, d_half_widest
+
+    # window ratio log2(1/0.875)/log2(1/0.96) = 3.27: {0.01, 0.011, 0.012} fit, 0.1 does not
+    d = [0.1, 0.011, 0.01, 0.012]
+    d_half = d_half_widest(d)
+    # centred on 0.01 and 0.012: sqrt(0.01·0.012)/sqrt(log2(1/0.96)·log2(1/0.875))
+    want = math.sqrt(0.01 * 0.012) / math.sqrt(math.log2(1 / 0.96) * math.log2(1 / 0.875))
+    assert d_half == pytest.approx(want)
+    rho = rho_from_divergence(np.array(d), d_half=d_half)
+    stats = applied_rho_stats(rho, rho_min=0.875, rho_max=0.96)
+    assert stats["at_min"] == 0.25 and stats["at_max"] == 0.0  # only 0.1 is clipped
+    # a long tail: the median rule centres on the median, widest on the dense cluster
+    tail = [0.001, 0.0011, 0.0012, 0.0013, 0.05, 0.2, 0.5]
+    assert rho_from_divergence(np.array(tail[:4]), d_half=d_half_widest(tail)).max() < 0.96
