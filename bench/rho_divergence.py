@@ -54,6 +54,14 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 DEFAULT_OVERRIDES = ["task.train_size=128", "eval_every=0"]
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    import resource
+
+    own, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _measure(config: str | None, overrides: list[str], steps: int) -> dict:
     """Train `steps` steps with rho=replay; per step the revisits' D (replay and drift)."""
     from spo.algo import DriftTracker
@@ -90,7 +98,7 @@ def _measure(config: str | None, overrides: list[str], steps: int) -> dict:
             return observe(keys, rewards, step=step, rho=rho, divergence=divergence)
 
         trainer.spo.observe = spy
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds()
         try:
             for _ in range(steps):
                 trainer.train_step()
@@ -107,6 +115,7 @@ def _measure(config: str | None, overrides: list[str], steps: int) -> dict:
         t = cfg.tracker
         return {
             "seconds": round(time.perf_counter() - t0, 1),
+            "cpu_seconds": round(_cpu_seconds() - cpu0, 1),  # this process + reward workers
             "config": {
                 "lr": cfg.optim.lr,
                 "samples_per_step": cfg.samples_per_step,

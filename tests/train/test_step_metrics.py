@@ -232,3 +232,42 @@ def test_offline_init_with_replay_resumes_exactly(tiny_model_dir, task_files, tm
         other = resumed.tracker.state_dict()[key]
         assert np.array_equal(np.asarray(value), np.asarray(other)), key
     assert resumed.drift.total == pytest.approx(straight.drift.total, rel=1e-6)
+
+
+@pytest.mark.parametrize("rho", ["drift", "replay"])
+def test_rho_adapts_with_a_d_half_measured_from_the_run(tiny_model_dir, task_files, tmp_path, rho):
+    """Issue 19, deliverable 3 in small: measure the revisits' D in a short run, set d_half
+    by the median rule, rerun: the applied ρ of revisits varies between the bounds instead
+    of sitting at one. Step 2 is the same in both runs (step 1's ρ is ρ_max for every first
+    visit whatever d_half is), so its revisits have the same D."""
+    from spo.algo import d_half_for_median
+
+    def rows(name: str, d_half: float) -> list[dict]:
+        trainer = make_trainer(
+            tiny_model_dir,
+            task_files,
+            tmp_path / name,
+            steps=3,
+            samples_per_step=16,
+            **{"tracker.rho": rho, "tracker.d_half": d_half},
+        )
+        try:
+            return [trainer.train_step() for _ in range(3)]
+        finally:
+            trainer.close()
+
+    tiny = rows("tiny", 1e-6)  # a d_half far below the drift: every revisit at ρ_min
+    assert tiny[1]["rho/revisit_at_min"] == tiny[2]["rho/revisit_at_min"] == 1.0
+    d_half = d_half_for_median([tiny[1]["rho/revisit_divergence_median"]])
+    tuned = rows("tuned", d_half)
+    assert tuned[1]["rho/revisit_divergence_median"] == tiny[1]["rho/revisit_divergence_median"]
+    rho_min, rho_max = 0.875, 0.96
+    for row in tuned[1:]:
+        assert row["rho/revisit_at_min"] + row["rho/revisit_at_max"] < 0.5
+        assert rho_min < row["rho/revisit_mean"] < rho_max
+    if rho == "drift":  # one D for all step-2 revisits: exactly the mid-range ρ
+        assert tuned[1]["rho/revisit_min"] == pytest.approx((rho_min + rho_max) / 2, abs=1e-6)
+    else:  # replay: a D per prompt, so ρ varies within the step
+        assert tuned[1]["rho/revisit_min"] < tuned[1]["rho/revisit_max"]
+    # step 3 mixes prompts last seen at step 1 and at step 2: different D, different ρ
+    assert tuned[2]["rho/revisit_min"] < tuned[2]["rho/revisit_max"]
