@@ -41,6 +41,7 @@ TESTS = [
     "tests/train/test_wiring.py",
     "tests/train/test_trainer.py",
     "tests/train/test_async_trainer.py",
+    "tests/train/test_step_metrics.py",
     "tests/eval/test_eval.py",
 ]
 TRAINER = "spo/train/trainer.py"
@@ -125,7 +126,10 @@ MUTANTS = [
             "        self.spo.observe(prompt_idx_B, reward_B, step=step, "
             "rho=self.cfg.tracker.rho_max)\n",
         ),
-        ("        self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)\n", ""),
+        (
+            "        rho_B = self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)\n",
+            "        rho_B = np.full(len(prompt_idx_B), self.cfg.tracker.rho_max)\n",
+        ),
     ),
     _m(
         "grouped_sampler_priority",
@@ -193,7 +197,13 @@ MUTANTS = [
     Mutant(
         "drift_visits_not_marked",
         "the drift estimator never records a visit: D grows from the run's start",
-        (("spo/algo/state.py", "self.drift.mark(idx)", "pass"),),
+        (
+            (
+                "spo/algo/state.py",
+                "                self.drift.mark(idx)\n",
+                "                pass\n",
+            ),
+        ),
     ),
     Mutant(
         "replay_not_stored",
@@ -221,6 +231,23 @@ MUTANTS = [
         "minibatch_advantages_shifted",
         "each mini-batch trains on the advantages of the rows next to it",
         (("spo/train/update.py", "adv_B[idx].to(dev)", "adv_B[(idx + 1) % B].to(dev)"),),
+    ),
+    Mutant(
+        "minibatches_in_draw_order",
+        "mini-batches are cut in draw (priority) order instead of a seeded shuffle",
+        (("spo/train/update.py", "if shuffle_seed is None or n_updates == 1:", "if True:"),),
+    ),
+    Mutant(
+        "offline_init_not_a_visit",
+        "an offline-initialised prompt's first visit gets D = 0, as if its prior were fresh",
+        (
+            (
+                "spo/algo/state.py",
+                "        self.tracker.init_from_counts(idx, successes, trials)\n"
+                "        self.drift.mark(idx)\n",
+                "        self.tracker.init_from_counts(idx, successes, trials)\n",
+            ),
+        ),
     ),
 ]
 
