@@ -201,7 +201,8 @@ class SPOState:
             raise ValueError(
                 f"{idx.size} keys for {tuple(r.shape)} rewards; give one key per reward"
             )
-        raw_B = (r.double() - torch.from_numpy(self.tracker.value(idx)).double()).numpy()
+        value_B = self.tracker.value(idx)  # v̂₋₁: the baseline the host's advantage used
+        raw_B = (r.double() - torch.from_numpy(value_B).double()).numpy()
         clip = {
             "d_half": self.d_half,
             "rho_min": self.tracker.rho_min,
@@ -225,12 +226,15 @@ class SPOState:
             "reward_variance": float(np.var(r_B)) if idx.size else float("nan"),
             "adv_abs_le_1e-4": float(small_advantage_fraction(raw_B, 1e-4)) if idx.size else 0.0,
             "adv_abs_le_0.02": float(small_advantage_fraction(raw_B, 0.02)) if idx.size else 0.0,
-            "value_mean": float(self.tracker.value(idx).mean()) if idx.size else float("nan"),
+            "value_mean": float(value_B.mean()) if idx.size else float("nan"),
         }
         return rho_B
 
     def metrics(self) -> dict[str, float]:
         """Tracker health for logs: v̂ mean, seen fraction, ρ and variance ratio of the last observe.
+
+        tracker/value_mean is the mean v̂₋₁ of the observed keys, read before the update (the
+        baseline their advantages used).
 
         variance_ratio = Var(r − v̂₋₁)/Var(r) on the last observed batch (< 1: the baseline
         removes variance; §8 reports ~0.5). NaN before the first observe.

@@ -252,3 +252,11 @@ def test_offline_init_counts_as_a_visit_of_the_drift_clock(tmp_path):
     t.advance(0.1)
     t.observe(["c", "a"], [1.0, 1.0], step=1)
     np.testing.assert_allclose(t.last_divergence, [0.1, 0.0], rtol=1e-6)
+
+
+def test_metrics_value_mean_is_the_baseline_before_the_update():
+    s = SPOState(2)
+    s.tracker.init_from_values([0, 1], [0.2, 0.6], 4.0)
+    s.observe([0, 1], [1.0, 1.0], step=1, rho=0.5)
+    # before: (0.2 + 0.6)/2 = 0.4; after it would be ((0.4+1)/3 + (1.2+1)/3)/2 = 0.6
+    assert s.metrics()["tracker/value_mean"] == pytest.approx(0.4)
