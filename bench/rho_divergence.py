@@ -26,7 +26,10 @@ The procedure (rerun it whenever the model, learning rate, batch or task changes
    revisits at a bound.
 3. Train with `tracker.rho=<estimator> tracker.d_half=<median rule>` and check the logged
    `rho/revisit_at_min`, `rho/revisit_at_max` (metrics.jsonl) over the real run: D grows
-   with the gap between visits, which a short measuring run only samples at its start.
+   with the gap between visits, which a short measuring run only samples at its start,
+   and the per-step drift falls after Adam's first steps. `--steps 20 --skip 10` measures
+   a later phase (starting from a checkpoint with `model.path=` does not: its optimizer
+   is fresh, so its first steps are Adam's first steps again).
 
 The ρ applied during the measuring run (with the configured d_half) changes the tracker
 and so which prompts are drawn, not the policy's movement: D does not depend on it.
@@ -145,15 +148,17 @@ def _shares(d_R: np.ndarray, d_half: float, rho_min: float, rho_max: float) -> d
     }
 
 
-def summarize(measured: dict) -> dict:
-    """Per estimator: revisit count, D quantiles and the shares under three d_half choices."""
+def summarize(measured: dict, skip: int = 0) -> dict:
+    """Per estimator: revisit count, D quantiles and the shares under three d_half choices,
+    over the revisits of steps after `skip`."""
     from spo.algo import d_half_for_median, d_half_widest
 
     c = measured["config"]
     bounds = {"rho_min": c["rho_min"], "rho_max": c["rho_max"]}
+    steps = [s for s in measured["steps"] if s["step"] > skip]
     out = {}
     for name in ("replay", "drift"):
-        d_R = np.array([d for s in measured["steps"] for d in s[name]], dtype=np.float64)
+        d_R = np.array([d for s in steps for d in s[name]], dtype=np.float64)
         d_R = d_R[d_R > 0]
         if d_R.size == 0:
             out[name] = {"revisits": 0, "note": "no revisit after an update: raise --steps"}
@@ -176,12 +181,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", nargs="?", default="configs/demo.yaml", help="a spo train config")
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. optim.lr=1e-5)")
     p.add_argument("--steps", type=int, default=8, help="training steps to measure (default 8)")
+    p.add_argument(
+        "--skip",
+        type=int,
+        default=0,
+        help="leave out the revisits of the first SKIP steps (Adam's first steps move the "
+        "policy most; default 0)",
+    )
     p.add_argument("--out", default=str(RESULTS / "rho_divergence.json"))
     args = p.parse_args(argv)
+    if not 0 <= args.skip < args.steps:
+        p.error(f"--skip must be in [0, --steps); got {args.skip} with --steps {args.steps}")
     load_start = load_avg()
     overrides = [*DEFAULT_OVERRIDES, *args.overrides]
     measured = _measure(args.config, overrides, args.steps)
-    summary = summarize(measured)
+    summary = summarize(measured, args.skip)
     out = {
         "what": "revisit divergence D of the replay and drift estimators, and d_half choices",
         "command": command(__file__, argv),
@@ -196,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             note="2-core machine shared with other jobs: the time is noisy; D is not",
         ),
         "overrides": overrides,
+        "skip": args.skip,
         **measured,
         "summary": summary,
     }
