@@ -196,7 +196,8 @@ ADVANTAGES: Registry = Registry(
 ADVANTAGE_NEEDS_GROUPS = frozenset({"grpo", "dr_grpo", "rloo"})
 # The baseline b of A = r − b each entry subtracts (before GRPO's std scaling and SPO's batch
 # normalisation): "given" = baseline_B (SPO's v̂₋₁), "zero", "group_mean", "leave_one_out".
-# Every ADVANTAGES entry needs a row (tests/algo/test_advantages.py checks it).
+# Every built-in entry has a row (tests/algo/test_advantages.py checks it); an entry added
+# elsewhere without one gets `advantage_baseline`'s `default`.
 ADVANTAGE_BASELINE = {
     "spo": "given",
     "none": "zero",
@@ -207,11 +208,22 @@ ADVANTAGE_BASELINE = {
 ADVANTAGE_NEEDS_BASELINE = frozenset({"spo"})
 
 
-def advantage_baseline(name: str, reward_B, *, baseline_B=None, group_id_B=None) -> torch.Tensor:
+def advantage_baseline(
+    name: str, reward_B, *, baseline_B=None, group_id_B=None, default: str | None = None
+) -> torch.Tensor:
     """b_B (B,) float: the baseline ADVANTAGES[name] subtracts from reward_B, so that the
-    variance ratio Var(r − b)/Var(r) of different algorithms compares like with like."""
+    variance ratio Var(r − b)/Var(r) of different algorithms compares like with like.
+
+    The kind is ADVANTAGE_BASELINE[name], else `default` (one of its kinds; the trainer
+    passes "group_mean" for grouped algorithms, "given" otherwise)."""
     ADVANTAGES[name]  # unknown name -> the registry's error listing the valid ones
-    kind = ADVANTAGE_BASELINE[name]
+    kind = ADVANTAGE_BASELINE.get(name, default)
+    kinds = sorted(set(ADVANTAGE_BASELINE.values()))
+    if kind not in kinds:
+        raise ValueError(
+            f"advantage {name!r} has no ADVANTAGE_BASELINE row; add one or pass default= "
+            f"one of {', '.join(kinds)} (got {kind!r})"
+        )
     r = _rewards(reward_B)
     if kind == "given":
         _need(name, "baseline_B", baseline_B)

@@ -85,7 +85,11 @@ def step_metrics(
     t = rec.times
     reward_B, group_id_B = rec.reward_B, rec.group_id_B
     b_B = advantage_baseline(
-        rec.advantage, reward_B, baseline_B=rec.baseline_B, group_id_B=group_id_B
+        rec.advantage,
+        reward_B,
+        baseline_B=rec.baseline_B,
+        group_id_B=group_id_B,
+        default="group_mean" if grouped else "given",  # an algorithm added without a row
     )
     raw_adv_B = reward_B - b_B
     lengths = np.array([len(c) for c in rec.rollouts.completion_ids])

@@ -259,3 +259,17 @@ def test_advantage_baseline_is_what_each_estimator_subtracts():
         advantage_baseline("rloo", r)
     with pytest.raises(ValueError, match="'spo' needs baseline_B"):
         advantage_baseline("spo", r)
+
+
+def test_advantage_baseline_of_an_entry_without_a_row_needs_a_default(monkeypatch):
+    from spo.algo import advantage_baseline
+
+    monkeypatch.setitem(ADVANTAGES, "half_spo", lambda r, **kw: 0.5 * r)
+    r, v = torch.tensor([1.0, 0.0]), torch.tensor([0.25, 0.5])
+    with pytest.raises(ValueError, match="'half_spo' has no ADVANTAGE_BASELINE row"):
+        advantage_baseline("half_spo", r, baseline_B=v)
+    torch.testing.assert_close(advantage_baseline("half_spo", r, baseline_B=v, default="given"), v)
+    torch.testing.assert_close(
+        advantage_baseline("half_spo", r, group_id_B=[0, 0], default="group_mean"),
+        torch.tensor([0.5, 0.5]),
+    )
