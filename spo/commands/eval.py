@@ -301,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     from spo.policy.models import load_policy
     from spo.tasks import load_task
     from spo.tasks.rewards import RewardPool
-    from spo.train.config import ConfigError, chat_kwargs, task_kwargs
+    from spo.train.config import ConfigError, chat_kwargs, task_kwargs, tool_episodes
     from spo.train.diagnostics import write_json
 
     if args.k < 0 or args.calibration < 0 or args.calibration_prompts < 1:
@@ -358,6 +358,7 @@ def run(args: argparse.Namespace) -> int:
                 k=args.k,
                 reward_pool=pool,
                 greedy=not args.no_greedy,
+                episodes=tool_episodes(cfg, tokenizer),
                 **settings,
             )
             state = item.pop("state", None)

@@ -24,9 +24,10 @@ def run(args: argparse.Namespace) -> int:
     from spo.policy.models import encode_prompts, load_policy
     from spo.rollout import SamplingSettings
     from spo.rollout.factory import make_engine
+    from spo.rollout.multiturn import sample_texts
     from spo.tasks import load_task
     from spo.tasks.rewards import RewardPool
-    from spo.train.config import chat_kwargs, task_kwargs
+    from spo.train.config import chat_kwargs, task_kwargs, tool_episodes
 
     cfg = config_from_args(args)
     if args.samples < 1:
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = encode_prompts(tokenizer, [ex.prompt for ex in examples], **chat_kwargs(cfg, task))
     # the run's engine (HF, vLLM, shards, Ray actors) at the run's sampling settings
     engine = make_engine(cfg, model, tokenizer, model_path=cfg.model.path)
+    episodes = tool_episodes(cfg, tokenizer)  # with tool use: whole episodes, as in training
     n0 = args.samples
     successes = np.zeros(len(examples))
     chunk = max(1, cfg.rollout.batch_size // n0) * 4
@@ -48,9 +50,13 @@ def run(args: argparse.Namespace) -> int:
             for lo in range(0, len(examples), chunk):
                 hi = min(lo + chunk, len(examples))
                 ex_rep = [examples[i] for i in range(lo, hi) for _ in range(n0)]
-                texts = engine.generate(
-                    prompts[lo:hi], seed=cfg.seed * 1_000_003 + lo, sampling=SamplingSettings(n=n0)
-                ).texts
+                texts, _ = sample_texts(
+                    engine,
+                    prompts[lo:hi],
+                    seed=cfg.seed * 1_000_003 + lo,
+                    sampling=SamplingSettings(n=n0),
+                    episodes=episodes,
+                )
                 successes[lo:hi] = np.asarray(pool(texts, ex_rep).reward_B).reshape(-1, n0).sum(1)
                 print(f"\r  {hi}/{len(examples)} prompts", end="", flush=True)
     finally:

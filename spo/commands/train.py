@@ -64,6 +64,14 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=4, help="samples per held-out prompt (default 4)")
 
 
+TOOL_ROWS = (
+    ("tools/episodes_with_calls", "episodes that call the tool"),
+    ("tools/episodes_code_ok", "episodes whose code all ran (ok)"),
+    ("tools/call_rate", "model turns that call the tool"),
+    ("tools/turns_per_episode", "model turns per episode"),
+)
+
+
 def _fmt(x: float) -> str:
     return f"{100 * x:5.1f}%"
 
@@ -83,14 +91,21 @@ def run_demo(args: argparse.Namespace) -> int:
         print("preparing the embedded SmolLM2-135M-Instruct (converted once, then cached) ...")
         convert_embedded()
     trainer = Trainer(cfg)
+    tools = trainer.episodes is not None  # the agentic preset: also the tool-free reference
     try:
         n = len(trainer.eval_examples)
-        print(f"held-out accuracy before training ({n} prompts, greedy + {args.k} samples) ...")
+        what = "episodes with the Python tool, " if tools else ""
+        print(
+            f"held-out accuracy before training ({n} prompts, {what}greedy + {args.k} samples) ..."
+        )
         before = trainer.evaluate(k=args.k)
         print(
             f"  greedy {_fmt(before['greedy'])}   sampled avg@{args.k} "
             f"{_fmt(before[f'avg@{args.k}'])}"
         )
+        if tools:
+            before_plain = trainer.evaluate(k=args.k, tools=False)
+            print(f"  without the tool (one turn): greedy {_fmt(before_plain['greedy'])}")
         print(
             f"training: algo={cfg.algo}, {cfg.steps} steps x {cfg.samples_per_step} samples "
             f"-> {trainer.run_dir}"
@@ -100,10 +115,12 @@ def run_demo(args: argparse.Namespace) -> int:
         minutes = (time.perf_counter() - t0) / 60
         print("held-out accuracy after training ...")
         after = trainer.evaluate(k=args.k)
+        if tools:
+            after_plain = trainer.evaluate(k=args.k, tools=False)
     finally:
         trainer.close()
     keys = ["greedy", f"avg@{args.k}", f"pass@{args.k}", f"maj@{args.k}"]
-    print(f"\n{'metric':<10}{'before':>9}{'after':>9}")
+    print(f"\n{'metric':<10}{'before':>9}{'after':>9}" + ("   (with the tool)" if tools else ""))
     for key in keys:
         print(f"{key:<10}{_fmt(before[key]):>9}{_fmt(after[key]):>9}")
     result = {
@@ -113,6 +130,16 @@ def run_demo(args: argparse.Namespace) -> int:
         "steps": trainer.step,
         "samples": trainer.samples_seen,
     }
+    if tools:
+        print("\nwithout the tool (rollout.max_turns=1, same model), reference:")
+        for key in ("greedy", f"avg@{args.k}"):
+            print(f"{key:<10}{_fmt(before_plain[key]):>9}{_fmt(after_plain[key]):>9}")
+        print(f"\ntool use on held-out prompts ({args.k} sampled episodes each):")
+        for key, label in TOOL_ROWS:
+            b, a = before[key], after[key]
+            fmt = (lambda x: f"{x:5.2f} ") if key.endswith("per_episode") else _fmt
+            print(f"{label:<34}{fmt(b):>9}{fmt(a):>9}")
+        result.update(before_without_tool=before_plain, after_without_tool=after_plain)
     (trainer.run_dir / "demo_result.json").write_text(json.dumps(result, indent=1))
     print(f"\ntrained {trainer.step} steps ({trainer.samples_seen} samples) in {minutes:.1f} min")
     print(f"run dir:   {trainer.run_dir}  (metrics.jsonl, checkpoints/, tb/)")

@@ -12,6 +12,9 @@ sharded or Ray actors) with per-call `spo.rollout.SamplingSettings`, or through 
     maj@k      correctness of the most frequent extracted final answer among the k
                samples (`spo.algo.maj_at_k`: failed extractions never win)
     extract_fail         share of samples whose final answer could not be extracted
+    tools/*              with tool use (`episodes`): `spo.rollout.multiturn.tool_stats` of
+                         the k sampled episodes (greedy ones when k = 0): turns per
+                         episode, tool-call rate, episodes with calls, code ran ok, ...
     <metric>/difficulty=<d>   the same per difficulty level when the task has one;
                          structured levels read <metric>/num_terms=2-6,num_digits=1-4
 
@@ -144,6 +147,16 @@ class EvalSamples:
     answers_EK: np.ndarray  # (E, k) object, None = extraction failed
     greedy_texts_E: list[str] | None = None
     greedy_reward_E: np.ndarray | None = None  # (E,)
+    episodes_EK: list[list] | None = None  # with tool use: the k episodes (multiturn.Sample)
+    greedy_episodes_E: list | None = None
+
+    def tool_metrics(self) -> dict[str, float]:
+        """tools/* of the sampled episodes (greedy ones when there are none); {} without."""
+        from spo.rollout.multiturn import tool_stats
+
+        sampled = [s for row in self.episodes_EK or [] for s in row]
+        episodes = sampled or self.greedy_episodes_E or []
+        return tool_stats(episodes) if episodes else {}
 
 
 def generate_samples(
@@ -162,16 +175,19 @@ def generate_samples(
     seed: int = 0,
     greedy: bool = True,
     batch_size: int = 64,
+    episodes=None,
 ) -> EvalSamples:
     """k sampled (+ one greedy) responses per example, scored by `reward_pool`.
 
     `policy` is a `spo.rollout.RolloutEngine` (the run's configured engine: HF, vLLM,
     sharded, Ray actors), asked for these settings per call, or a Hugging Face model,
     sampled here by an `HFEngine` of `batch_size` rows. The k samples are one call with
-    n=k, the greedy responses another, both with `seed`.
+    n=k, the greedy responses another, both with `seed`. `episodes`
+    (`spo.rollout.multiturn.Episodes`): each response is a tool-using episode.
     """
     from spo.policy.models import encode_prompts
     from spo.rollout import SamplingSettings
+    from spo.rollout.multiturn import sample_texts
 
     examples = list(examples)
     E = len(examples)
@@ -181,9 +197,14 @@ def generate_samples(
     )
     texts_EK: list[list[str]] = [[] for _ in range(E)]
     reward_EK = np.zeros((E, k))
+    episodes_EK = None
     if k > 0 and E:
         sampled = SamplingSettings(temperature, top_p, max_new_tokens, n=k)
-        texts = engine.generate(prompt_tokens, seed=seed, sampling=sampled).texts
+        texts, done = sample_texts(
+            engine, prompt_tokens, seed=seed, sampling=sampled, episodes=episodes
+        )
+        if done is not None:
+            episodes_EK = [done[i * k : (i + 1) * k] for i in range(E)]
         ex_rep = [ex for ex in examples for _ in range(k)]
         reward_EK = np.asarray(reward_pool(texts, ex_rep).reward_B, np.float64).reshape(E, k)
         texts_EK = [texts[i * k : (i + 1) * k] for i in range(E)]
@@ -191,10 +212,14 @@ def generate_samples(
     for i, row in enumerate(texts_EK):
         for j, text in enumerate(row):
             answers_EK[i, j] = task.extract_answer(text)
-    out = EvalSamples(texts_EK=texts_EK, reward_EK=reward_EK, answers_EK=answers_EK)
+    out = EvalSamples(
+        texts_EK=texts_EK, reward_EK=reward_EK, answers_EK=answers_EK, episodes_EK=episodes_EK
+    )
     if greedy and E:
         argmax = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens)
-        out.greedy_texts_E = engine.generate(prompt_tokens, seed=seed, sampling=argmax).texts
+        out.greedy_texts_E, out.greedy_episodes_E = sample_texts(
+            engine, prompt_tokens, seed=seed, sampling=argmax, episodes=episodes
+        )
         out.greedy_reward_E = np.asarray(
             reward_pool(out.greedy_texts_E, examples).reward_B, np.float64
         )
@@ -241,6 +266,7 @@ def evaluate_with_samples(
     greedy: bool = True,
     batch_size: int = 64,
     top_p: float = 1.0,
+    episodes=None,
 ) -> tuple[dict[str, float], EvalSamples]:
     """Metrics of a policy on `examples` (see `evaluate_examples`) and what it wrote."""
     from spo.tasks.rewards import RewardPool
@@ -263,6 +289,7 @@ def evaluate_with_samples(
             seed=seed,
             greedy=greedy,
             batch_size=batch_size,
+            episodes=episodes,
         )
     finally:
         if own_pool:
@@ -270,4 +297,5 @@ def evaluate_with_samples(
     metrics = summarize(
         s.reward_EK if k > 0 else None, s.answers_EK, s.greedy_reward_E, difficulties(examples)
     )
+    metrics.update(s.tool_metrics())
     return metrics, s

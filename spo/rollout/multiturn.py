@@ -27,16 +27,26 @@ and its outcome, one of `spo.tools.OUTCOMES`) or a plain str (outcome "ok": the 
 returned). Each sample keeps, per call, the text as the model saw it and the outcome
 (`tool_outputs`, `tool_outcomes`) for the run's metrics and samples log
 (`Sample.transcript()`, `tool_stats`).
+
+Training runs episodes through `spo.rollout.scheduler.RolloutScheduler` (async, staleness,
+checkpointed pool). Evaluation, calibration and `spo init-values` run them through
+`Episodes.run`: the same turn and tool functions (`apply_turns`, `apply_tool`), one round
+of decoding per turn with per-call `SamplingSettings`, every episode to its end.
+`sample_texts` is the one entry point for "what the policy answers to these prompts":
+single-turn generation when there is no tool, episodes when there is.
 """
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from spo.rollout import Rollouts
+from spo.rollout import Rollouts, SamplingSettings
 from spo.tools import OUTCOMES, ToolRunner, extract_code, format_tool_output, tool_outcome
 
 
@@ -257,3 +267,97 @@ def tool_stats(samples: list[Sample]) -> dict[str, float]:
     for outcome in OUTCOMES:
         stats[f"tools/calls_{outcome}"] = float(outcomes.count(outcome))
     return stats
+
+
+def safe_run(env: ToolEnv, call: str) -> ToolOutput | str:
+    """`env.run(call)`; a tool that raises becomes an "error" message to the model."""
+    try:
+        return env.run(call)
+    except Exception as e:  # a broken tool is a message to the model, not a crash
+        return ToolOutput(f"[tool error: {type(e).__name__}: {e}]", "error")
+
+
+def abandoned(timeout: float) -> ToolOutput:
+    """The message of a tool call that did not return within `timeout` seconds."""
+    return ToolOutput(f"[tool call abandoned: no result after {timeout:g} s]", "timeout")
+
+
+@dataclass
+class Episodes:
+    """How a multi-turn episode runs outside training: up to `max_turns` model turns, the
+    tool calls of each turn run by `env` concurrently on `workers` threads, each abandoned
+    ("timeout") after `tool_timeout` seconds."""
+
+    env: ToolEnv
+    messages: ToolMessages
+    max_turns: int
+    tool_timeout: float = 30.0
+    workers: int = 4
+
+    def run(
+        self, engine, prompt_tokens: list[list[int]], *, seed: int, sampling: SamplingSettings
+    ) -> list[Sample]:
+        """One episode per prompt row (`sampling.n` rows per prompt, prompt-major), finished.
+
+        Turn t decodes every episode still going in one `engine.generate` call with seed
+        `seed` (t = 0: the single-turn call's draws) or `turn_seed(seed, t)`.
+        """
+        rows = sampling.repeat(prompt_tokens)
+        one = SamplingSettings(sampling.temperature, sampling.top_p, sampling.max_new_tokens)
+        samples = [Sample(i, i, i, list(p)) for i, p in enumerate(rows)]
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="spo-eval-tool")
+        try:
+            turn = 0
+            while ready := [s for s in samples if s.ready]:
+                rollouts = engine.generate(
+                    [s.context() for s in ready], seed=turn_seed(seed, turn), sampling=one
+                )
+                apply_turns(ready, rollouts, version=0, env=self.env, max_turns=self.max_turns)
+                calling = [s for s in ready if s.pending is not None]
+                futures = [pool.submit(safe_run, self.env, s.pending) for s in calling]
+                deadline = time.monotonic() + self.tool_timeout
+                for s, future in zip(calling, futures, strict=True):
+                    try:
+                        output = future.result(timeout=max(deadline - time.monotonic(), 0.0))
+                    except FutureTimeout:
+                        future.cancel()
+                        output = abandoned(self.tool_timeout)
+                    apply_tool(s, output, self.messages)
+                turn += 1
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return samples
+
+
+def turn_seed(seed: int, turn: int) -> int:
+    """The generation seed of turn `turn` of an evaluation episode (turn 0: `seed`)."""
+    return seed if turn == 0 else seed * 1_000_003 + 7_919 * turn
+
+
+def sample_texts(
+    engine,
+    prompt_tokens: list[list[int]],
+    *,
+    seed: int,
+    sampling: SamplingSettings,
+    episodes: Episodes | None = None,
+) -> tuple[list[str], list[Sample] | None]:
+    """What the policy answers: `sampling.n` texts per prompt (prompt-major), the text the
+    verifier scores — the completion, or with `episodes` (tool use) each episode's last
+    model turn — and the episodes themselves (None without a tool)."""
+    if episodes is None or episodes.max_turns <= 1:
+        return engine.generate(prompt_tokens, seed=seed, sampling=sampling).texts, None
+    done = episodes.run(engine, prompt_tokens, seed=seed, sampling=sampling)
+    return [s.final_text for s in done], done
+
+
+def python_episodes(
+    tokenizer, *, max_turns: int, tool_role: str, tool_timeout: float, workers: int
+) -> tuple[PythonTool, ToolMessages, Episodes]:
+    """The sandboxed ```python tool of a run: its env, its tool messages and `Episodes`
+    (evaluation). Raises `spo.tools.sandbox.SandboxError` when the sandbox cannot be set
+    up and ValueError when the chat template cannot hold tool messages."""
+    env = PythonTool(ToolRunner(max_turns, tool_role=tool_role, timeout_s=tool_timeout))
+    messages = ToolMessages(tokenizer, role=tool_role)
+    # the backstop: the sandbox itself kills a call at tool_timeout
+    return env, messages, Episodes(env, messages, max_turns, tool_timeout + 30.0, workers)

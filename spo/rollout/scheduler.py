@@ -58,9 +58,10 @@ from spo.rollout.multiturn import (
     Sample,
     ToolEnv,
     ToolMessages,
-    ToolOutput,
+    abandoned,
     apply_tool,
     apply_turns,
+    safe_run,
     tool_stats,
 )
 from spo.tasks.rewards import RewardResult
@@ -97,13 +98,6 @@ class FinishedBatch:
     stale_B: torch.Tensor  # (B,) bool: train against the stored behaviour log-probs
     staleness_B: np.ndarray  # (B,) int64
     stats: dict[str, float]
-
-
-def _safe_run(env: ToolEnv, call: str) -> ToolOutput | str:
-    try:
-        return env.run(call)
-    except Exception as e:  # a broken tool is a message to the model, not a crash
-        return ToolOutput(f"[tool error: {type(e).__name__}: {e}]", "error")
 
 
 class RolloutScheduler:
@@ -238,7 +232,7 @@ class RolloutScheduler:
         self._issue(room // self.group_size)
 
     def _submit(self, s: Sample) -> None:
-        future = self.executor.submit(_safe_run, self.env, s.pending)
+        future = self.executor.submit(safe_run, self.env, s.pending)
         self.futures[s.uid] = (future, time.monotonic() + self.tool_timeout)
         self.totals["tool_calls"] += 1
 
@@ -252,9 +246,7 @@ class RolloutScheduler:
                 output = future.result()
             elif now >= deadline:
                 future.cancel()
-                output = ToolOutput(
-                    f"[tool call abandoned: no result after {self.tool_timeout:g} s]", "timeout"
-                )
+                output = abandoned(self.tool_timeout)
                 self.totals["abandoned"] += 1
             else:
                 continue

@@ -13,11 +13,13 @@ does not depend on train_size. Reward: the last integer of the final model turn 
 answer (as in `arithmetic`).
 
 `FEWSHOT`, the task's own few-shot prefix (`spo.tasks.fewshot`; `task.fewshot=[]` turns it
-off), is one worked example: question, a reply with a ```python block, the tool's output
-as the sandbox formats it, and the final number. The problem is of a held-out form's
-shape but not drawn from the task's stream. Why: with the system prompt alone the embedded
-SmolLM2-135M writes a code block in about 1 of 16 replies, with this example in about 11
-of 16 (issue 20).
+off), is two worked examples: question, a reply that is only a ```python block, the tool's
+output as the sandbox formats it, and the final number. The problems have held-out forms'
+shapes but are not drawn from the task's stream. Why (measured on 16 held-out prompts x 4
+samples, embedded SmolLM2-135M in bf16, temperature 1): with these two examples 49 of 64
+replies are a code block and 35 of 64 blocks compute the right number; with one such
+example 20 of 64 (14 right); with one example whose reply starts with a sentence ("Let me
+compute it with Python.") 0 of 32 — the model copies the reply's first line, not the block.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ SYSTEM_PROMPT = (
 
 FEWSHOT = (
     {"role": "user", "content": "What is 3841 * 527 + 2096?"},
-    {
-        "role": "assistant",
-        "content": "Let me compute it with Python.\n```python\nprint(3841 * 527 + 2096)\n```",
-    },
+    {"role": "assistant", "content": "```python\nprint(3841 * 527 + 2096)\n```"},
     {"role": "tool", "content": "2026303"},
     {"role": "assistant", "content": "2026303"},
+    {"role": "user", "content": "What is 61803 + 39887 + 14142?"},
+    {"role": "assistant", "content": "```python\nprint(61803 + 39887 + 14142)\n```"},
+    {"role": "tool", "content": "115832"},
+    {"role": "assistant", "content": "115832"},
 )
 
 FORMS = (  # (template, digits of a, b, c)

@@ -541,3 +541,26 @@ def chat_kwargs(cfg: TrainConfig, task) -> dict:
         "system_prompt": task.chat_system_prompt(cfg.task.system_prompt),
         "fewshot": task.chat_fewshot(own, tool_role=cfg.rollout.tool_role),
     }
+
+
+def tool_episodes(cfg: TrainConfig, tokenizer):
+    """The run's sandboxed Python tool as a `spo.rollout.multiturn.Episodes` (shared by
+    training rollouts, evaluation and `spo init-values`), or None without tool use
+    (`rollout.max_turns` 1). A sandbox that cannot be set up is a one-line TrainError."""
+    r = cfg.rollout
+    if r.max_turns <= 1:
+        return None
+    from spo.rollout.multiturn import python_episodes
+    from spo.tools.sandbox import SandboxError
+    from spo.train import TrainError
+
+    try:
+        return python_episodes(
+            tokenizer,
+            max_turns=r.max_turns,
+            tool_role=r.tool_role,
+            tool_timeout=r.tool_timeout,
+            workers=r.tool_workers,
+        )[2]
+    except (SandboxError, ValueError) as e:
+        raise TrainError(f"cannot run tool calls: {e}") from None

@@ -41,14 +41,19 @@ from spo.policy.batch import pack, pad_logp
 from spo.policy.models import load_policy
 from spo.policy.weights import is_peft
 from spo.rollout.factory import make_engine
-from spo.rollout.multiturn import PythonTool, ToolMessages
 from spo.rollout.scheduler import RolloutScheduler
 from spo.tasks import load_task
 from spo.tasks.rewards import RewardPool
-from spo.tools.sandbox import SandboxError
 from spo.train import TrainError
 from spo.train import checkpoint as ckpt
-from spo.train.config import TrainConfig, chat_kwargs, task_kwargs, to_dict, to_yaml
+from spo.train.config import (
+    TrainConfig,
+    chat_kwargs,
+    task_kwargs,
+    to_dict,
+    to_yaml,
+    tool_episodes,
+)
 from spo.train.diagnostics import write_diagnostics
 from spo.train.forgetting import make_estimator
 from spo.train.heap import TRIM_EVERY, trim_heap
@@ -147,6 +152,7 @@ class Trainer:
             rho_constant=t.rho_constant,
             drift_sample=t.drift_sample,
         )
+        self.episodes = tool_episodes(cfg, self.tokenizer)  # None without tool use
         self.scheduler = self._build_scheduler()
         self.step = 0
         self.samples_seen = 0
@@ -223,15 +229,8 @@ class Trainer:
         if r.mode == "sync" and r.max_turns == 1:
             return None
         env = messages = None
-        if r.max_turns > 1:
-            from spo.tools import ToolRunner
-
-            try:
-                runner = ToolRunner(r.max_turns, tool_role=r.tool_role, timeout_s=r.tool_timeout)
-                messages = ToolMessages(self.tokenizer, role=r.tool_role)
-            except (SandboxError, ValueError) as e:
-                raise TrainError(f"cannot run tool calls: {e}") from None
-            env = PythonTool(runner)
+        if self.episodes is not None:
+            env, messages = self.episodes.env, self.episodes.messages
         examples = self.train_examples
 
         def score(samples):
@@ -479,8 +478,10 @@ class Trainer:
             for i, v in zip(rows, value_R, strict=True)
         ]
 
-    def evaluate(self, *, k: int = 1) -> dict[str, float]:
-        """Held-out metrics; a few of the responses go to samples.jsonl (split "eval")."""
+    def evaluate(self, *, k: int = 1, tools: bool = True) -> dict[str, float]:
+        """Held-out metrics; a few of the responses go to samples.jsonl (split "eval").
+        With tool use (`rollout.max_turns > 1`) every response is an episode with the tool
+        (tools/* metrics too); `tools=False` answers in one turn without it (reference)."""
         from spo.eval import evaluate_with_samples
 
         metrics, samples = evaluate_with_samples(
@@ -495,6 +496,7 @@ class Trainer:
             **chat_kwargs(self.cfg, self.task),
             reward_pool=self.rewards,
             seed=self.cfg.seed,
+            episodes=self.episodes if tools else None,
         )
         rows = sample_positions(len(samples.texts_EK), self.cfg.log.samples_per_step)
         self.logger.log_samples(
@@ -505,6 +507,9 @@ class Trainer:
                     self.eval_examples[i],
                     samples.texts_EK[i][0],
                     samples.reward_EK[i, 0],
+                    transcript=None
+                    if samples.episodes_EK is None
+                    else samples.episodes_EK[i][0].transcript(self.cfg.rollout.tool_role),
                 )
                 for i in rows
                 if samples.texts_EK[i]

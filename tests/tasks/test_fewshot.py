@@ -88,14 +88,16 @@ def test_cli_reports_bad_fewshot_in_one_line(tmp_path):
 def test_arithmetic_tool_default_is_a_true_worked_example():
     task = load_task("arithmetic_tool", train_size=4, test_size=4, seed=0)
     assert task.fewshot == FEWSHOT
-    question, code_turn, tool, answer = FEWSHOT
-    expression = question["content"].removeprefix("What is ").removesuffix("?")
-    code = extract_code(code_turn["content"])
-    assert code == f"print({expression})\n"
-    # the tool turn is what the sandbox would print, the answer what the verifier wants
-    assert tool["content"] == str(eval(expression, {"__builtins__": {}}))
-    assert answer["content"] == tool["content"]
-    assert not any(ex.prompt == question["content"] for ex in task.train + task.test)
+    assert len(FEWSHOT) == 8  # two examples
+    for question, code_turn, tool, answer in (FEWSHOT[:4], FEWSHOT[4:]):
+        expression = question["content"].removeprefix("What is ").removesuffix("?")
+        code = extract_code(code_turn["content"])
+        assert code == f"print({expression})\n"
+        assert code_turn["content"].startswith("```python")  # the model copies the first line
+        # the tool turn is what the sandbox would print, the answer what the verifier wants
+        assert tool["content"] == str(eval(expression, {"__builtins__": {}}))
+        assert answer["content"] == tool["content"]
+        assert not any(ex.prompt == question["content"] for ex in task.train + task.test)
     # other built-in tasks bring none: their prompts do not change
     assert load_task("arithmetic", train_size=4, test_size=4, seed=0).fewshot == ()
 
@@ -108,7 +110,7 @@ def test_chat_kwargs_is_the_one_rule():
     tool = kwargs("task.name=arithmetic_tool")
     assert tool["fewshot"] == list(FEWSHOT) and tool["system_prompt"]
     as_user = kwargs("task.name=arithmetic_tool", "rollout.tool_role=user")["fewshot"]
-    assert [m["role"] for m in as_user] == ["user", "assistant", "user", "assistant"]
+    assert [m["role"] for m in as_user] == ["user", "assistant", "user", "assistant"] * 2
     assert kwargs("task.name=arithmetic_tool", "task.fewshot=[]")["fewshot"] == []
     assert kwargs()["fewshot"] == [] and kwargs()["system_prompt"] is None
     own = kwargs('task.fewshot=[{role: user, content: "Say hi."}, {role: assistant, content: hi}]')

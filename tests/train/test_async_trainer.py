@@ -3,6 +3,8 @@ exactly-once tracker updates and lossless resume of in-flight samples (tiny rand
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import test_trainer
@@ -192,14 +194,18 @@ class ForcedTurns:
     def __init__(self, engine, model, tokenizer, write):
         self.engine, self.model, self.tokenizer, self.write = engine, model, tokenizer, write
 
-    def generate(self, prompt_tokens, *, seed):
+    def generate(self, prompt_tokens, *, seed, sampling=None):
+        if sampling is not None:  # n rows per prompt, each generated as one
+            prompt_tokens = sampling.repeat(prompt_tokens)
+            sampling = dataclasses.replace(sampling, n=1)
         written = {}
         for i, ctx in enumerate(prompt_tokens):
             text = self.write(self.tokenizer.decode(ctx))
             if text is not None:
                 written[i] = text
         free = [i for i in range(len(prompt_tokens)) if i not in written]
-        out = self.engine.generate([prompt_tokens[i] for i in free], seed=seed) if free else None
+        free_tokens = [prompt_tokens[i] for i in free]
+        out = self.engine.generate(free_tokens, seed=seed, sampling=sampling) if free else None
         ids, logp = [None] * len(prompt_tokens), [None] * len(prompt_tokens)
         fin, texts = [True] * len(prompt_tokens), [""] * len(prompt_tokens)
         if written:
@@ -414,3 +420,65 @@ def test_config_rejects_replay_with_tools(tiny_model_dir, task_files, tmp_path, 
     )
     with pytest.raises(ConfigError, match="replay"):
         load_config(None, overrides)
+
+
+def test_evaluation_runs_tool_episodes_with_the_real_sandbox(tiny_model_dir, task_files, tmp_path):
+    """Held-out evaluation of a tool run plays whole episodes, as training does: the first
+    turn runs the question's expression in the sandbox, the second answers with the tool
+    output when it is even (output + 1 when odd), so greedy and avg@k are the share of even
+    answers; tools/* describe the episodes; eval rows in samples.jsonl hold transcripts.
+    With tools=False (the reference) the same model answers in one turn: the code itself,
+    never a number, scores 0 and no tool runs."""
+    import json
+    import re
+
+    from spo.tools.sandbox import available_isolation
+
+    if all(reason is not None for reason in available_isolation().values()):
+        pytest.skip(f"no isolated sandbox level works here: {available_isolation()}")
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        task_files,
+        run,
+        **{
+            "task.name": "arithmetic_tool",
+            "task.reward_fn": None,
+            "rollout.max_turns": 3,
+            "rollout.tool_timeout": 10,
+            "log.samples_per_step": 3,
+        },
+    )
+    trainer = Trainer(load_config(None, overrides))
+
+    def write(ctx: str) -> str | None:
+        calls = tool_turns_of_episode(trainer, ctx)
+        if calls == 0:
+            expression = re.findall(r"What is ([^?]+)\?", ctx)[-1]
+            return f"```python\nprint({expression})\n```"
+        out = int(ctx.rsplit(TOOL_TURN, 1)[1].split("<|im_end|>")[0])
+        return str(out if out % 2 == 0 else out + 1)
+
+    trainer.engine = ForcedTurns(trainer.engine, trainer.model, trainer.tokenizer, write)
+    try:
+        with_tool = trainer.evaluate(k=2)
+        without = trainer.evaluate(k=2, tools=False)
+    finally:
+        trainer.close()
+    even = np.mean([int(ex.answer) % 2 == 0 for ex in trainer.eval_examples])
+    assert 0 < even < 1
+    assert with_tool["greedy"] == pytest.approx(even)
+    assert with_tool["avg@2"] == pytest.approx(even)
+    assert with_tool["tools/turns_per_episode"] == 2.0
+    assert with_tool["tools/episodes_code_ok"] == 1.0 and with_tool["tools/calls_ok"] == 2 * len(
+        trainer.eval_examples
+    )
+    assert without["greedy"] == 0.0 and without["avg@2"] == 0.0
+    assert not any(key.startswith("tools/") for key in without)
+    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    episodes = [r for r in rows if r["split"] == "eval" and "transcript" in r]
+    assert len(episodes) == 3
+    for r in episodes:
+        code, tool, final = r["transcript"]
+        assert "```python" in code["content"] and tool["outcome"] == "ok"
+        assert r["completion"] == final["content"]

@@ -1,0 +1,353 @@
+"""Agentic SPO vs GRPO, measured (issue 20): the embedded model with the sandboxed Python
+tool on `arithmetic_tool`, async SPO vs sync GRPO vs async GRPO at equal samples.
+
+Every arm trains `configs/demo-agentic.yaml` (the agentic demo preset: embedded
+SmolLM2-135M-Instruct in bf16, few-shot tool example, up to 4 model turns, real sandboxed
+tool calls) with only these keys changed:
+
+    async_spo    algo=spo  rollout.mode=async    one response per prompt, no group barrier
+    sync_grpo    algo=grpo rollout.mode=sync     groups of `group_size`, the step waits
+    async_grpo   algo=grpo rollout.mode=async    groups admitted when all members finish
+
+Tool latency is the sandbox's real per-call cost; `--delay-median S` adds, per tool call, a
+seeded heavy-tailed sleep (lognormal, median S, sigma `--delay-sigma`) to mimic slow tools
+(stated in the results when used). Held-out accuracy *with the tool* (greedy, avg@k: every
+held-out prompt is a whole episode) is evaluated in training every `--eval-every` steps
+and at the start, so each run gives accuracy vs samples and vs training wall-clock
+(`wall_seconds`: evaluation excluded). Per run it also records samples/s of training, the
+rollout engine's idle share (wall time in which no sample was ready to decode because every
+in-flight sample waited on a tool; `rollout/engine_idle_fraction` weighted by
+`rollout/wall`), staleness and the tool-use metrics.
+
+Runs live in `--runs DIR/<arm>-s<seed>` and resume from their checkpoints; each finished
+(arm, seed) is added to --out (JSON), so the study resumes where it stopped. `--report`
+rewrites the markdown from the JSON (notes after the NOTES marker are kept).
+`bench/agentic_spo_vs_grpo.sh` runs two arms at a time side by side, each pinned to its own
+core with one thread, so the wall-clock of the two arms of a pair is comparable.
+
+    python bench/agentic_spo_vs_grpo.py --arms async_spo --seeds 0 --cpu 0 --threads 1
+    python bench/agentic_spo_vs_grpo.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, load_avgs, machine
+
+CONFIG = ROOT / "configs" / "demo-agentic.yaml"
+OUT = ROOT / "docs" / "results" / "agentic_spo_vs_grpo.json"
+REPORT = ROOT / "docs" / "results" / "agentic_spo_vs_grpo.md"
+NOTES = "<!-- notes: text below this line is kept when the table is regenerated -->"
+ARMS = {
+    "async_spo": ["algo=spo", "rollout.mode=async"],
+    "sync_grpo": ["algo=grpo", "rollout.mode=sync"],
+    "async_grpo": ["algo=grpo", "rollout.mode=async"],
+}
+LABELS = {"async_spo": "async SPO", "sync_grpo": "sync GRPO", "async_grpo": "async GRPO"}
+# two-sided 97.5% quantiles of Student's t, by degrees of freedom
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+class DelayedTool:
+    """Wraps a tool env: each call first sleeps a seeded lognormal time (median `median` s,
+    sigma `sigma`), keyed by (seed, call number), then runs the real tool."""
+
+    def __init__(self, env, median: float, sigma: float, seed: int):
+        self.env, self.median, self.sigma, self.seed = env, median, sigma, seed
+        self.calls = 0
+
+    def call(self, sample, text):
+        return self.env.call(sample, text)
+
+    def run(self, call):
+        self.calls += 1  # runs in worker threads; an increment race only reorders delays
+        rng = np.random.default_rng([self.seed, self.calls])
+        time.sleep(self.median * math.exp(self.sigma * rng.standard_normal()))
+        return self.env.run(call)
+
+
+def overrides(arm: str, seed: int, args) -> list[str]:
+    return [
+        *ARMS[arm],
+        f"seed={seed}",
+        f"steps={args.steps}",
+        f"eval_every={args.eval_every}",
+        f"eval_k={args.eval_k}",
+        "eval_start=true",
+        f"threads={args.threads}",
+        "log.progress=false",
+        f"run_dir={args.runs / f'{arm}-s{seed}'}",
+        *args.overrides,
+    ]
+
+
+def run_arm(arm: str, seed: int, args) -> dict:
+    from spo.train.config import load_config
+    from spo.train.trainer import Trainer
+
+    items = overrides(arm, seed, args)
+    run_dir = args.runs / f"{arm}-s{seed}"
+    if any((run_dir / "checkpoints").glob("step-*")):
+        items.append("resume=true")
+    cfg = load_config(str(CONFIG), items)
+    trainer = Trainer(cfg)
+    try:
+        if args.delay_median > 0:
+            trainer.scheduler.env = DelayedTool(
+                trainer.scheduler.env, args.delay_median, args.delay_sigma, seed
+            )
+        t0 = time.perf_counter()
+        trainer.run()
+        elapsed = time.perf_counter() - t0
+    finally:
+        trainer.close()
+    return summarize_run(arm, seed, run_dir, cfg, elapsed)
+
+
+def summarize_run(arm: str, seed: int, run_dir: Path, cfg, elapsed: float) -> dict:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "reward/mean" in r]
+    evals = [
+        {"samples": r["samples"], "wall_seconds": r["wall_seconds"]}
+        | {k[5:]: v for k, v in r.items() if k.startswith("eval/")}
+        for r in rows
+        if any(k.startswith("eval/") for k in r)
+    ]
+    wall = np.array([r["rollout/wall"] for r in train])
+    idle = np.array([r["rollout/engine_idle_fraction"] for r in train]) * wall
+    last = train[-1]
+
+    def mean(key: str) -> float:
+        return float(np.mean([r[key] for r in train if key in r]))
+
+    return {
+        "arm": arm,
+        "seed": seed,
+        "steps": cfg.steps,
+        "samples": last["samples"],
+        "eval": evals,
+        "train_wall_s": last["wall_seconds"],
+        "samples_per_s": last["samples"] / last["wall_seconds"],
+        "engine_idle_share": float(idle.sum() / wall.sum()),
+        "rollout_share_of_step": float(wall.sum() / sum(r["time/step"] for r in train)),
+        "staleness_mean": mean("rollout/staleness_mean"),
+        "reward_by_step": [r["reward/mean"] for r in train],
+        "tools": {
+            key: mean(key)
+            for key in (
+                "tools/episodes_with_calls",
+                "tools/episodes_code_ok",
+                "tools/call_rate",
+                "tools/turns_per_episode",
+            )
+        },
+        "tool_calls": float(sum(r["rollout/tool_calls"] for r in train)),
+        "degenerate_share": mean("adv/degenerate_fraction") if arm != "async_spo" else None,
+        "session_seconds": elapsed,
+        "load_avg_at_end": load_avgs(),
+    }
+
+
+# ----------------------------------------------------------------------------- report
+def _fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    v = [x * scale for x in values if x is not None]
+    if not v:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    mean, std = statistics.mean(v), statistics.stdev(v)
+    return f"{mean:.{digits}f} ± {std:.{digits}f} [{min(v):.{digits}f}–{max(v):.{digits}f}]"
+
+
+def _t_interval(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    v = [x * scale for x in values]
+    if len(v) < 2:
+        return "–"
+    half = T975.get(len(v) - 1, 1.96) * statistics.stdev(v) / len(v) ** 0.5
+    mean = statistics.mean(v)
+    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
+
+
+def _paired(runs: list[dict], a: str, b: str, value) -> list[float]:
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    seeds = sorted({s for arm, s in by if arm == a} & {s for arm, s in by if arm == b})
+    return [value(by[(a, s)]) - value(by[(b, s)]) for s in seeds]
+
+
+def _at_wall(run: dict, key: str, wall: float) -> float | None:
+    """The last held-out `key` measured at or before training wall-clock `wall`."""
+    seen = [e[key] for e in run["eval"] if e["wall_seconds"] <= wall + 1e-9 and key in e]
+    return seen[-1] if seen else None
+
+
+def report(data: dict) -> str:
+    runs = data["runs"]
+    k = f"avg@{data['settings']['eval_k']}"
+    s = data["settings"]
+    delay = (
+        f"plus an added lognormal delay per call (median {s['delay_median']} s, sigma "
+        f"{s['delay_sigma']})"
+        if s["delay_median"] > 0
+        else "no added delay"
+    )
+    lines = [
+        "# Agentic SPO vs GRPO with real tool calls",
+        "",
+        f"Generated by `{data['command']}` from `docs/results/agentic_spo_vs_grpo.json`; "
+        "bench/agentic_spo_vs_grpo.py's docstring lists every setting.",
+        "",
+        f"- `configs/demo-agentic.yaml` ({s['steps']} steps x {s['samples_per_step']} "
+        f"samples, overrides: `{' '.join(s['overrides']) or 'none'}`), embedded "
+        "SmolLM2-135M-Instruct, `arithmetic_tool` with the sandboxed Python tool: real "
+        f"per-call cost of the sandbox, {delay}.",
+        f"- Held-out: {s['eval_size']} test prompts, every one a whole episode with the tool; "
+        f"greedy and {k} at temperature 1.0, measured every {s['eval_every']} steps.",
+        f"- Machine: {data['machine']}. Two runs at a time, side by side, each pinned to its "
+        "own core with one thread (bench/agentic_spo_vs_grpo.sh); the machine was shared "
+        "with other work (load averages in the JSON), so compare wall-clock only within a "
+        "pair.",
+        "",
+        "Values: mean ± std [min–max] over seeds; one number = one seed.",
+        "",
+        f"| arm | seeds | samples | greedy start | greedy end | {k} start | {k} end | "
+        "training min | samples/s | engine idle % | GRPO degenerate % | episodes calling "
+        "tool % | code ran ok % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        rs = [r for r in runs if r["arm"] == arm]
+        if not rs:
+            continue
+        lines.append(
+            f"| {LABELS[arm]} | {len(rs)} | {rs[0]['samples']} | "
+            f"{_fmt([r['eval'][0].get('greedy') for r in rs])} | "
+            f"{_fmt([r['eval'][-1].get('greedy') for r in rs])} | "
+            f"{_fmt([r['eval'][0].get(k) for r in rs])} | "
+            f"{_fmt([r['eval'][-1].get(k) for r in rs])} | "
+            f"{_fmt([r['train_wall_s'] for r in rs], 1 / 60)} | "
+            f"{_fmt([r['samples_per_s'] for r in rs], 1, 2)} | "
+            f"{_fmt([r['engine_idle_share'] for r in rs])} | "
+            f"{_fmt([r['degenerate_share'] for r in rs])} | "
+            f"{_fmt([r['tools']['tools/episodes_with_calls'] for r in rs])} | "
+            f"{_fmt([r['tools']['tools/episodes_code_ok'] for r in rs])} |"
+        )
+    lines += ["", "## Paired by seed (95% t-interval of the mean difference)", ""]
+    for a, b in (("async_spo", "sync_grpo"), ("async_spo", "async_grpo")):
+        end_g = _paired(runs, a, b, lambda r: r["eval"][-1]["greedy"])
+        if not end_g:
+            continue
+        end_k = _paired(runs, a, b, lambda r: r["eval"][-1][k])
+        sps = _paired(runs, a, b, lambda r: math.log(r["samples_per_s"]))
+        wall_b = {r["seed"]: r["train_wall_s"] for r in runs if r["arm"] == b}
+        at_wall = [
+            _at_wall(r, k, wall_b[r["seed"]] * 0.5)
+            for r in runs
+            if r["arm"] == a and r["seed"] in wall_b
+        ]
+        lines.append(
+            f"- {LABELS[a]} − {LABELS[b]} (n = {len(end_g)}), at equal samples: greedy "
+            f"{_t_interval(end_g)} pp, {k} {_t_interval(end_k)} pp; samples/s ratio "
+            f"{LABELS[a]}/{LABELS[b]}: "
+            + ", ".join(f"{math.exp(x):.2f}" for x in sps)
+            + f" (geometric mean {math.exp(statistics.mean(sps)):.2f}).",
+        )
+        if any(x is not None for x in at_wall):
+            lines.append(
+                f"  - {LABELS[a]}'s {k} at half of {LABELS[b]}'s training wall-clock: "
+                + ", ".join("–" if x is None else f"{100 * x:.1f}" for x in at_wall)
+                + " (per seed)."
+            )
+    lines += ["", "## Held-out accuracy with the tool vs samples and wall-clock", ""]
+    lines.append(f"| arm | seed | samples | training s | greedy | {k} |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in sorted(runs, key=lambda r: (list(ARMS).index(r["arm"]), r["seed"])):
+        for e in r["eval"]:
+            lines.append(
+                f"| {LABELS[r['arm']]} | {r['seed']} | {e['samples']} | "
+                f"{e['wall_seconds']:.0f} | {100 * e['greedy']:.1f} | {100 * e[k]:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(data: dict) -> None:
+    notes = ""
+    if REPORT.is_file() and NOTES in REPORT.read_text():
+        notes = REPORT.read_text().split(NOTES, 1)[1]
+    REPORT.write_text(report(data) + "\n" + NOTES + notes)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--steps", type=int, default=15)
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--eval-k", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cpu", default=None, help="pin to these CPUs (comma-separated)")
+    p.add_argument("--delay-median", type=float, default=0.0, help="added tool delay (s)")
+    p.add_argument("--delay-sigma", type=float, default=1.0)
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "agentic")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--merge", type=Path, nargs="*", default=[], help="JSON files to add")
+    p.add_argument("--report", action="store_true", help="only rewrite the markdown")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="for every arm")
+    args = p.parse_args(argv)
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {int(c) for c in args.cpu.split(",")})
+    data = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    for extra in args.merge:
+        have = {(r["arm"], r["seed"]) for r in data["runs"]}
+        more = json.loads(extra.read_text())
+        data["runs"] += [r for r in more["runs"] if (r["arm"], r["seed"]) not in have]
+        for key in ("settings", "machine", "command"):
+            data.setdefault(key, more.get(key))
+    if not args.report and not args.merge:
+        from spo.train.config import load_config
+
+        cfg = load_config(str(CONFIG), overrides("async_spo", 0, args))
+        m = machine("platform", "cpu_count", "torch")
+        data.update(
+            command="bash bench/agentic_spo_vs_grpo.sh",
+            machine=f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
+            f"{args.threads} thread(s) per run",
+            settings={
+                "steps": args.steps,
+                "samples_per_step": cfg.samples_per_step,
+                "group_size": cfg.group_size,
+                "eval_every": args.eval_every,
+                "eval_k": args.eval_k,
+                "eval_size": cfg.eval_size,
+                "delay_median": args.delay_median,
+                "delay_sigma": args.delay_sigma,
+                "overrides": args.overrides,
+            },
+        )
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for arm in args.arms.split(","):
+                if any(r["arm"] == arm and r["seed"] == seed for r in data["runs"]):
+                    continue
+                print(f"== {arm} seed {seed}", flush=True)
+                data["runs"].append(run_arm(arm, seed, args))
+                data["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(data, indent=1))
+    elif args.merge:
+        args.out.write_text(json.dumps(data, indent=1))
+    if data["runs"] and args.out == OUT:
+        write_report(data)
+        print(REPORT.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
