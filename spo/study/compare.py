@@ -17,6 +17,11 @@ run (1,280), so it cannot be part of a matched-samples arm. It is the ablation
 Ablations that would not change the SPO arm (e.g. `no_offline_init` on an online config)
 are refused.
 
+What each run leaves for the repository (checkpoints are git-ignored): config.yaml,
+metrics.jsonl, diagnostics.jsonl, train.log, calibration_eval.json and run.json (status,
+init samples, the final tracker diagnostics and calibration; `spo.study.runs`); the
+summary, plots and page are rebuilt from those alone (`--summarize-only`, fresh clone).
+
 Resumable: rerunning the same command skips finished runs (final checkpoint present),
 resumes interrupted ones (`spo train --resume`) and redoes runs that never reached a
 checkpoint. A run made with different settings is an error, never silently mixed in.
@@ -38,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spo.algo.algorithms import ALGORITHMS
-from spo.study.runs import flatten, resolved_config, run_state
+from spo.study.runs import flatten, resolved_config, run_state, write_run_summary
 
 IGNORED_KEYS = ("run_dir", "resume", "threads", "log.progress", "log.tensorboard", "log.wandb")
 RESERVED = ("algo", "seed", "run_dir", "resume")
@@ -317,7 +322,22 @@ def execute(plan: Plan, spec: RunSpec) -> RunSpec:
     spec.status = "finished"
     if rc:
         spec.message = f"calibration failed (exit {rc}): {last[:200]}"
+    record(plan, spec)
     return spec
+
+
+def record(plan: Plan, spec: RunSpec) -> None:
+    """RUN/run.json: what the study needs of a finished run once its checkpoints are gone."""
+    from spo.study.summary import init_samples
+
+    write_run_summary(
+        spec.run_dir,
+        plan.steps,
+        arm=spec.arm,
+        algo=spec.algo,
+        seed=spec.seed,
+        init_samples=init_samples(spec, plan.init_samples, plan.steps),
+    )
 
 
 def run_plan(plan: Plan, jobs: int = 1, log=print) -> list[RunSpec]:

@@ -260,3 +260,52 @@ def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match=r"optim\.lr=0\.001"):
         compare.run_plan(plan, jobs=1, log=lambda *_: None)
+
+
+# ------------------------------------------------------------ intervals and pairs
+def test_t_quantile_matches_scipy():
+    from scipy.stats import t
+
+    from spo.study.summary import t_quantile
+
+    for df in (1, 2, 3, 4, 5, 7, 10, 29, 100):
+        for q in (0.95, 0.975, 0.995, 0.025):
+            assert t_quantile(q, df) == pytest.approx(t.ppf(q, df), rel=1e-6, abs=1e-9)
+    assert t_quantile(0.975, math.inf) == pytest.approx(1.959964, abs=1e-6)
+    with pytest.raises(ValueError, match="df > 0"):
+        t_quantile(0.975, 0)
+
+
+def test_t_interval_hand_computed():
+    from spo.study.summary import t_interval
+
+    # mean 0.04, sd 0.03, n 3: half-width t(0.975, 2) · 0.03/√3 = 4.302653 · 0.0173205
+    iv = t_interval([0.01, 0.04, 0.07])
+    assert (iv["n"], iv["mean"], iv["std"]) == (3, pytest.approx(0.04), pytest.approx(0.03))
+    assert iv["lo"] == pytest.approx(0.04 - 0.0745242, abs=1e-6)
+    assert iv["hi"] == pytest.approx(0.04 + 0.0745242, abs=1e-6)
+    one = t_interval([0.5, None])
+    assert one["mean"] == 0.5 and one["lo"] is None and one["n"] == 1
+
+
+def test_paired_differences_use_common_seeds_only():
+    from spo.study.summary import paired_differences
+
+    def arm(finals: dict[int, dict]) -> dict:
+        return {"runs": [{"seed": s, "final": f} for s, f in finals.items()]}
+
+    arms = {
+        "spo": arm(
+            {0: {"greedy": 0.8, "avg@4/difficulty=1": 0.1}, 1: {"greedy": 0.7}, 2: {"greedy": 0.9}}
+        ),
+        "grpo": arm({0: {"greedy": 0.6}, 2: {"greedy": 0.8}}),  # seed 1 failed: no final
+        "no_baseline": {"runs": [{"seed": 0, "status": "failed"}]},
+    }
+    p = paired_differences(arms)
+    assert set(p) == {"grpo"}  # nothing in common with no_baseline, spo is the reference
+    g = p["grpo"]["greedy"]
+    assert g["seeds"] == [0, 2] and g["diffs"] == pytest.approx([0.2, 0.1]) and g["n"] == 2
+    # mean 0.15, sd 0.0707107, t(0.975, 1) = 12.7062: half-width 12.7062 · 0.05
+    assert g["hi"] - g["mean"] == pytest.approx(12.7062047 * 0.05, rel=1e-6)
+    assert "avg@4/difficulty=1" not in p["grpo"]
+    assert paired_differences({"grpo": arms["grpo"]}) == {}
