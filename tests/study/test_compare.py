@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spo.cli import main
+from spo.study.runs import COMMITTED, flatten
 from spo.study.summary import aggregate, align_curves
 
 
@@ -184,6 +185,30 @@ def test_compare_end_to_end(tiny_model_dir, tmp_path, capsys):
     page = md.read_text()
     assert "| **spo** | 2 |" in page and "../study/accuracy_vs_samples.png" in page
     assert "search budget is zero" in page
+
+    # a fresh clone has only the committed files of each run (no checkpoints, no values):
+    # the summary comes out the same from them
+    clone = tmp_path / "clone"
+    for run_dir in out.glob("runs/*/seed*"):
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["status"] == "finished" and record["steps"] == 2
+        assert (record["calibration"] is None) == (run_dir.parent.name == "grpo")
+        for name in COMMITTED:
+            if (run_dir / name).is_file():
+                dest = clone / run_dir.relative_to(out) / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes((run_dir / name).read_bytes())
+    i = argv.index("--out")
+    again = [*argv[:i], "--out", str(clone), "--summarize-only"]  # --out, --markdown last
+    assert main(again) == 0
+    s2 = json.loads((clone / "summary.json").read_text())
+    assert s2["failed"] == [] and s2["paired"]["grpo"]["greedy"]["n"] == 2
+    for arm, a in s["arms"].items():
+        b = s2["arms"][arm]
+        assert b["init_samples"] == a["init_samples"] and b["n_finished"] == a["n_finished"]
+        for key in ("final", "run_mean", "tracker", "calibration"):
+            assert flatten(b[key]) == pytest.approx(flatten(a[key])), (arm, key)
+    assert s2["paired"] == s["paired"]
 
     # rerun: nothing is trained again, the summary is rewritten
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/metrics.jsonl")}
