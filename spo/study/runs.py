@@ -116,8 +116,8 @@ def load_run(path: str | Path) -> RunData:
                 scalar_row(summary, step=summary["step"], samples=summary["samples"])
             )
     run.diagnostics_log.sort(key=lambda r: r["step"])
-    if run.tracker is None:  # no checkpoint here (a fresh clone): the committed record
-        run.tracker = (read_run_summary(path) or {}).get("diagnostics")
+    if run.tracker is None:  # no checkpoint here (a fresh clone): the committed records
+        run.tracker = _committed_diagnostics(path)
     run.calibration = _calibration(path, ckpts)
     return run
 
@@ -282,6 +282,15 @@ def final_calibration(run_dir: Path, steps: int) -> dict | None:
     if not cal or cal.get("step", steps) != steps:
         return None
     return _rescored(cal, final_diagnostics(run_dir, steps))
+
+
+def _committed_diagnostics(run_dir: Path) -> dict | None:
+    """The newest tracker diagnostics of run.json or calibration_eval.json."""
+    found = (read_run_summary(run_dir) or {}).get("diagnostics")
+    if found:
+        return found
+    results = (_read_json(run_dir / CALIBRATION_EVAL) or {}).get("results") or []
+    return next((r["diagnostics"] for r in reversed(results) if r.get("diagnostics")), None)
 
 
 def _committed_calibration(run_dir: Path) -> dict | None:

@@ -106,3 +106,59 @@ def test_committed_study_rebuilds_from_tracked_files(study: Path, tmp_path, monk
     assert "Paired differences" in page and "| arm | seeds |" in page
     for name in new["plots"]:
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def _old_run(tmp_path: Path) -> Path:
+    """A run dir as a study committed it before run.json: no checkpoints; calibration in
+    the old format (no rewards, `brier_constant`), diagnostics in calibration_eval.json."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "samples": 8 * s, "reward/mean": 0.5} for s in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "diagnostics.jsonl").write_text(json.dumps({"step": 2, "frontier_seen": 0.5}) + "\n")
+    diag = {"step": 2, "value_mean_seen": 0.4, "frontier_seen": 0.5, "num_prompts": 3}
+    old_cal = {
+        "step": 2,
+        "n_prompts": 3,
+        "samples_per_prompt": 4,
+        "brier": 0.21,
+        "brier_constant": 0.2430556,
+        "value": [0.2, 0.8, 0.5],
+        "rate": [0.25, 0.75, 0.25],
+    }
+    (run / "calibration_eval.json").write_text(
+        json.dumps({"results": [{"step": 2, "diagnostics": diag}], "calibration": old_cal})
+    )
+    return run
+
+
+def test_old_committed_run_is_read_and_rescored_without_checkpoints(tmp_path):
+    from spo.study.runs import final_calibration, final_diagnostics, load_run, study_state
+
+    run = _old_run(tmp_path)
+    assert study_state(run, 2) == "finished"
+    assert study_state(run, 4) == "new"  # no checkpoint and never reached step 4
+    assert final_diagnostics(run, 2)["value_mean_seen"] == 0.4
+    cal = final_calibration(run, 2)
+    # rebuilt binary outcomes 1/4, 3/4, 1/4 per prompt: the hand case of test_diagnostics
+    assert cal["brier"] == pytest.approx(0.21)
+    assert cal["reference"] == 0.4  # the tracker's mean v̂ over seen prompts at that step
+    assert cal["brier_reference"] == pytest.approx((0.4 - 5 / 12) ** 2 + 35 / 144)
+    assert cal["auc"] == pytest.approx(25.5 / 35)
+    assert "rescored" in cal and final_calibration(run, 3) is None  # another step's record
+    loaded = load_run(run)
+    assert loaded.tracker["value_mean_seen"] == 0.4
+    assert loaded.calibration["brier_skill"] == pytest.approx(cal["brier_skill"])
+
+
+def test_run_json_wins_and_non_binary_rates_are_left_alone(tmp_path):
+    from spo.study.runs import final_calibration, study_state
+    from spo.train.diagnostics import rescore_calibration
+
+    run = _old_run(tmp_path)
+    record = {"status": "finished", "steps": 5, "calibration": {"brier": 0.1, "brier_skill": 0.3}}
+    (run / "run.json").write_text(json.dumps(record))
+    assert study_state(run, 5) == "finished"
+    assert final_calibration(run, 5)["brier_skill"] == 0.3
+    odd = {"value": [0.5], "rate": [0.3], "samples_per_prompt": 4}  # 1.2 successes of 4
+    assert rescore_calibration(odd, 0.5) is odd
