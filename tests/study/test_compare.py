@@ -263,17 +263,24 @@ def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
             OmegaConf.from_dotlist([f"{k}={v}" for k, v in cfg.items() if v is not None]),
             spec.run_dir / "config.yaml",
         )
+    # grpo seed 1 finished elsewhere: a fresh clone of a committed study (run.json, no
+    # checkpoints) is summarised, never trained over
+    grpo1 = next(s for s in plan.runs if s.arm == "grpo" and s.seed == 1)
+    grpo1.run_dir.mkdir(parents=True)
+    (grpo1.run_dir / "run.json").write_text(json.dumps({"status": "finished", "steps": 2}))
     specs = compare.run_plan(plan, jobs=2, log=lambda *_: None)
     status = {(s.arm, s.seed): s.status for s in specs}
     assert status == {
         ("spo", 0): "finished",
         ("spo", 1): "finished",
         ("grpo", 0): "failed",
-        ("grpo", 1): "failed",
+        ("grpo", 1): "finished",
     }
     assert "boom" in next(s.message for s in specs if s.arm == "grpo")
     trains = [c for c in calls if c[3] == "train"]
-    assert len(trains) == 3  # spo seed0 was skipped
+    assert len(trains) == 2  # spo seed0 and grpo seed1 were skipped
+    assert not (grpo1.run_dir / "checkpoints").exists()
+    assert json.loads((spo0.run_dir / "run.json").read_text())["status"] == "finished"
     assert [c[4:] for c in trains if c[4] == "--resume"] == [
         ["--resume", str(spo1.run_dir), "steps=2"]
     ]
