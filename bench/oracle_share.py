@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -152,7 +154,9 @@ def main(argv=None) -> int:
     if args.samples < 2:
         ap.error("--samples must be >= 2")
     run = measure(args.config, args.overrides, args.samples)
-    run["command"] = common.command(__file__, argv)
+    run["command"] = "python bench/oracle_share.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
     run["machine"] = common.machine(
         "platform", "cpu", "cores", "torch", "load_avg_1m", "git_commit"
     )

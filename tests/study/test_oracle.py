@@ -4,6 +4,8 @@ and a simulation with a known share."""
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +91,49 @@ def test_bad_shapes_and_m_are_one_line_errors():
         variance_components([[1, 0, 1]])
     with pytest.raises(ValueError, match="m must be"):
         few_sample_baseline_ratio(R, 4)
+
+
+# ------------------------------------------------ the bench script and its results
+ROOT = Path(__file__).resolve().parents[2]
+RESULT = ROOT / "bench" / "results" / "oracle_share.json"
+
+
+def _bench_module():
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))  # the script imports `common` from there
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "oracle_share", ROOT / "bench/oracle_share.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_bench_analysis_splits_mixes_by_level():
+    bench = _bench_module()
+    rewards = {"add0": [1, 1, 1, 0], "add2": [0, 0, 0, 1], "add3": [0, 0, 0, 0]}
+    run = {
+        "settings": {"task.name": "arithmetic"},
+        "prompts": [{"level": lv, "rewards": r} for lv, r in rewards.items() for _ in range(3)],
+    }
+    out = bench.analyse(run, "add0,add2;add0,add2,add3;hard", n_boot=50)
+    assert out["levels"]["add0"] == {"prompts": 3, "rate": 0.75}
+    sub = out["mix=add0,add2"]  # 6 prompts of the two levels; the full set is "measured"
+    expected = variance_components([rewards["add0"]] * 3 + [rewards["add2"]] * 3)
+    assert sub["oracle_share"] == pytest.approx(expected["oracle_share"])
+    assert "mix=add0,add2,add3" not in out and "mix=hard" not in out  # all / not measured
+    assert out["measured"]["n_prompts"] == 9
+
+
+@pytest.mark.skipif(not RESULT.is_file(), reason="no committed oracle_share result")
+def test_committed_oracle_shares_recompute_from_their_rewards():
+    for run in json.loads(RESULT.read_text())["runs"]:
+        reward_PK = np.asarray([p["rewards"] for p in run["prompts"]])
+        assert reward_PK.shape[1] == run["settings"]["samples_per_prompt"] >= 16
+        c = variance_components(reward_PK)
+        assert run["analysis"]["measured"]["oracle_share"] == pytest.approx(c["oracle_share"])
