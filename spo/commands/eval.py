@@ -45,7 +45,8 @@ def calibrate(
     Draws `prompts` training prompts uniformly (seeded) among those the tracker has updated
     (all prompts if none), samples `samples` responses each at the rollout settings with
     `policy` (an engine or a model, as in `spo.eval.generate_samples`), and returns
-    `spo.train.diagnostics.calibration(v̂, rewards)` plus the step and prompt ids used.
+    `spo.train.diagnostics.calibration(v̂, rewards, reference=mean v̂ over the pool)` plus
+    the step, the prompt ids, v̂, fresh rates and every fresh reward.
     """
     from spo.train.checkpoint import CheckpointError
     from spo.train.diagnostics import calibration, tracker_arrays
@@ -81,11 +82,16 @@ def calibrate(
         greedy=False,
         batch_size=batch_size,
     )
-    out = calibration(arr["value"][chosen], s.reward_EK)
+    # the reference predictor: the tracker's own mean v̂ over the prompts it has seen,
+    # known before any fresh sample is drawn (see spo.train.diagnostics)
+    out = calibration(
+        arr["value"][chosen], s.reward_EK, reference=float(arr["value"][pool_P].mean())
+    )
     out["step"] = int(state.get("step", 0))
     out["prompt_ids"] = [ids[i] for i in chosen]
     out["value"] = [float(x) for x in arr["value"][chosen]]
     out["rate"] = [float(x) for x in s.reward_EK.mean(1)]
+    out["reward"] = [[float(x) for x in row] for row in s.reward_EK]  # recompute anything
     return out
 
 
@@ -293,6 +299,28 @@ def print_table(results: list[dict], k: int, levels_named: dict[str, str] | None
         )
 
 
+def print_calibration(c: dict) -> None:
+    """The calibration summary lines of `spo eval --calibration` (keys of
+    `spo.train.diagnostics.calibration`)."""
+
+    def f(key: str, digits: int = 4) -> str:
+        x = c.get(key)
+        return "-" if x is None or x != x else f"{x:.{digits}f}"
+
+    print(
+        f"\ncalibration at step {c['step']} ({c['n_prompts']} prompts x "
+        f"{c['samples_per_prompt']} fresh samples), v̂ vs the fresh outcomes:\n"
+        f"  Brier {f('brier')} = reliability {f('reliability')} − resolution "
+        f"{f('resolution')} + uncertainty {f('uncertainty')} (+ within-bin "
+        f"{c['within_bin_variance'] - c['within_bin_covariance']:+.4f})\n"
+        f"  reference (tracker mean v̂ {f('reference', 3)} for every prompt): Brier "
+        f"{f('brier_reference')}, skill {f('brier_skill', 3)}\n"
+        f"  discrimination: AUC {f('auc', 3)} (ceiling {f('auc_ceiling', 3)}), Spearman "
+        f"{f('spearman', 3)}, Pearson {f('pearson', 3)} with the fresh pass rate\n"
+        f"  ECE {f('ece')}, mean v̂ {f('value_mean', 3)} vs fresh {f('rate_mean', 3)}"
+    )
+
+
 def _na(x) -> str:
     return "-" if x is None else str(x)
 
@@ -394,12 +422,7 @@ def run(args: argparse.Namespace) -> int:
     names = level_names(examples)
     print_table(results, args.k, names)
     if calib is not None:
-        print(
-            f"\ncalibration at step {calib['step']} ({calib['n_prompts']} prompts x "
-            f"{calib['samples_per_prompt']}): Brier {calib['brier']:.4f} (constant predictor "
-            f"{calib['brier_constant']:.4f}), ECE {calib['ece']:.4f}, "
-            f"mean v̂ {calib['value_mean']:.3f} vs fresh {calib['rate_mean']:.3f}"
-        )
+        print_calibration(calib)
     out = {
         "target": str(args.target),
         "kind": kind,

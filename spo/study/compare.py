@@ -17,6 +17,11 @@ run (1,280), so it cannot be part of a matched-samples arm. It is the ablation
 Ablations that would not change the SPO arm (e.g. `no_offline_init` on an online config)
 are refused.
 
+What each run leaves for the repository (checkpoints are git-ignored): config.yaml,
+metrics.jsonl, diagnostics.jsonl, train.log, calibration_eval.json and run.json (status,
+init samples, the final tracker diagnostics and calibration; `spo.study.runs`); the
+summary, plots and page are rebuilt from those alone (`--summarize-only`, fresh clone).
+
 Resumable: rerunning the same command skips finished runs (final checkpoint present),
 resumes interrupted ones (`spo train --resume`) and redoes runs that never reached a
 checkpoint. A run made with different settings is an error, never silently mixed in.
@@ -38,7 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spo.algo.algorithms import ALGORITHMS
-from spo.study.runs import flatten, resolved_config, run_state
+from spo.study.runs import (
+    flatten,
+    read_run_summary,
+    resolved_config,
+    run_state,
+    write_run_summary,
+)
 
 IGNORED_KEYS = ("run_dir", "resume", "threads", "log.progress", "log.tensorboard", "log.wandb")
 RESERVED = ("algo", "seed", "run_dir", "resume")
@@ -302,8 +313,22 @@ def calibrate(plan: Plan, spec: RunSpec) -> tuple[int, str]:
     return _call(cmd, spec.run_dir / "train.log")
 
 
+def committed_only(plan: Plan, spec: RunSpec) -> bool:
+    """The run finished elsewhere: its run.json says so, but its checkpoints are not here
+    (a fresh clone of a committed study). It is summarised, never retrained over."""
+    record = read_run_summary(spec.run_dir) or {}
+    return (
+        record.get("status") == "finished"
+        and record.get("steps") == plan.steps
+        and run_state(spec.run_dir, plan.steps) != "finished"
+    )
+
+
 def execute(plan: Plan, spec: RunSpec) -> RunSpec:
     """Train (or resume) one run, then calibrate its tracker; never raises for a failed run."""
+    if committed_only(plan, spec):
+        spec.status = "finished"
+        return spec
     if spec.values is not None and not spec.values.is_file():
         spec.status, spec.message = "failed", f"values file {spec.values} missing"
         return spec
@@ -317,21 +342,42 @@ def execute(plan: Plan, spec: RunSpec) -> RunSpec:
     spec.status = "finished"
     if rc:
         spec.message = f"calibration failed (exit {rc}): {last[:200]}"
+    record(plan, spec)
     return spec
+
+
+def record(plan: Plan, spec: RunSpec) -> None:
+    """RUN/run.json: what the study needs of a finished run once its checkpoints are gone."""
+    from spo.study.summary import init_samples
+
+    write_run_summary(
+        spec.run_dir,
+        plan.steps,
+        arm=spec.arm,
+        algo=spec.algo,
+        seed=spec.seed,
+        init_samples=init_samples(spec, plan.init_samples, plan.steps),
+    )
 
 
 def run_plan(plan: Plan, jobs: int = 1, log=print) -> list[RunSpec]:
     for spec in plan.runs:
         check_existing(plan, spec)
     plan.out.mkdir(parents=True, exist_ok=True)
-    seeds = sorted({s.seed for s in plan.runs if s.values is not None})
+    seeds = sorted(
+        {s.seed for s in plan.runs if s.values is not None and not committed_only(plan, s)}
+    )
     for seed in seeds:
         path = plan.out / "values" / f"seed{seed}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         rc, last = prepare_values(plan, seed, path)
         if rc:
             log(f"init-values seed {seed} failed (exit {rc}): {last}")
-    todo = [s for s in plan.runs if run_state(s.run_dir, plan.steps) != "finished"]
+    todo = [
+        s
+        for s in plan.runs
+        if run_state(s.run_dir, plan.steps) != "finished" and not committed_only(plan, s)
+    ]
     log(
         f"{len(plan.runs)} runs: {len(plan.runs) - len(todo)} finished, {len(todo)} to run "
         f"({jobs} at a time) -> {plan.out}"
@@ -339,7 +385,7 @@ def run_plan(plan: Plan, jobs: int = 1, log=print) -> list[RunSpec]:
     t0 = time.perf_counter()
 
     def one(spec: RunSpec) -> RunSpec:
-        was = run_state(spec.run_dir, plan.steps)
+        was = "finished" if committed_only(plan, spec) else run_state(spec.run_dir, plan.steps)
         execute(plan, spec)
         if was != "finished" or spec.message:
             note = f" {spec.message}" if spec.message else ""

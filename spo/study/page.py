@@ -38,27 +38,63 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _pp(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:+.1f}"
+
+
+def paired_cell(row: dict | None) -> str:
+    """'+3.2 [−1.0, 7.4]' in percentage points (95% t-interval); one seed: '+3.2 (n = 1)'."""
+    if not row or row.get("mean") is None:
+        return "—"
+    if row.get("lo") is None:
+        return f"{_pp(row['mean'])} (n = {row['n']})"
+    return f"{_pp(row['mean'])} [{_pp(row['lo'])}, {_pp(row['hi'])}]"
+
+
 def headline(summary: dict, a: str = "spo", b: str = "grpo") -> str:
-    """'SPO − GRPO' differences of the final means, and whether the seed ranges overlap."""
-    arms = summary["arms"]
-    if a not in arms or b not in arms:
+    """'SPO − GRPO' paired differences of the final held-out metrics with 95% t-intervals."""
+    rows = (summary.get("paired") or {}).get(b) if a == "spo" else None
+    if not rows:
         return ""
     k = int(summary["settings"].get("eval_k") or 1)
     parts = []
     for key in ("greedy", f"avg@{k}", f"maj@{k}", f"pass@{k}"):
-        x, y = arms[a]["final"].get(key), arms[b]["final"].get(key)
-        if not x or not y or x["mean"] is None or y["mean"] is None:
+        row = rows.get(key)
+        if not row or row.get("mean") is None:
             continue
-        diff = 100 * (x["mean"] - y["mean"])
-        overlap = x["min"] <= y["max"] and y["min"] <= x["max"]
-        parts.append(
-            f"{key} {diff:+.1f} pp ({'seed ranges overlap' if overlap else 'seed ranges disjoint'})"
-        )
+        covers = row.get("lo") is not None and row["lo"] <= 0 <= row["hi"]
+        note = "; the interval includes 0" if covers else ""
+        parts.append(f"{key} {paired_cell(row)} pp{note}")
     if not parts:
         return ""
+    n = max(r["n"] for r in rows.values())
     return (
-        f"Final held-out, {a.upper()} − {b.upper()} (means over seeds): " + "; ".join(parts) + "."
+        f"Final held-out, {a.upper()} − {b.upper()}, paired by seed (mean, 95% t-interval, "
+        f"n = {n} seeds): " + "; ".join(parts) + "."
     )
+
+
+def paired_table(summary: dict) -> list[str]:
+    """Lines of the paired-differences section (empty without pairs)."""
+    paired = summary.get("paired") or {}
+    if not paired:
+        return []
+    k = int(summary["settings"].get("eval_k") or 1)
+    keys = ("greedy", f"avg@{k}", f"maj@{k}", f"pass@{k}")
+    rows = []
+    for arm, r in paired.items():
+        n = max(x["n"] for x in r.values())
+        rows.append([f"spo − {arm}", str(n), *[paired_cell(r.get(key)) for key in keys]])
+    return [
+        "### Paired differences (pp)",
+        "",
+        "SPO minus each arm, seed by seed (seed s of every arm shares its prompts, initial "
+        "policy and eval prompts): mean and 95% Student-t interval over the n common seeds "
+        "(t(0.975, n−1)·sd/√n; n = 1: no interval). With few seeds the interval is wide.",
+        "",
+        _table(["pair", "n", *keys], rows),
+        "",
+    ]
 
 
 def lr_statement(summary: dict, note: str | None) -> str:
@@ -150,6 +186,7 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
     hl = headline(summary)
     if hl:
         lines += [hl, ""]
+    lines += paired_table(summary)
     lines += [
         img("accuracy_vs_samples.png", "held-out accuracy vs samples"),
         "",
@@ -215,9 +252,15 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
         "",
         "## Value tracker at the end",
         "",
-        f"Frontier: share of seen prompts with 0.1 ≤ v̂ ≤ 0.9; calibration of v̂ against "
-        f"{summary.get('calibration_samples')} fresh samples on training prompts of the final "
-        "policy (Brier below the constant predictor's means v̂ is informative).",
+        f"Frontier: share of seen prompts with 0.1 ≤ v̂ ≤ 0.9. Calibration of v̂ against "
+        f"{summary.get('calibration_samples')} fresh samples per prompt on training prompts of "
+        "the final policy: Brier = reliability − resolution + uncertainty (+ a small "
+        "within-bin term); reliability is the lag of v̂ behind the policy, resolution how "
+        "far v̂ sorts prompts by their fresh pass rate. Skill = 1 − Brier / Brier of the "
+        "reference, the tracker's own mean v̂ for every prompt (known without the fresh "
+        "samples): > 0 means the per-prompt values add information. AUC: chance that v̂ "
+        "ranks a fresh success above a fresh failure (0.5 = none); Spearman with the fresh "
+        "per-prompt rate.",
         "",
     ]
     rows = []
@@ -230,15 +273,23 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
                 arm,
                 fmt(t.get("frontier_seen")),
                 fmt(t.get("sampler_ess_fraction")),
-                fmt(c.get("brier"), 1.0, 4),
-                fmt(c.get("brier_constant"), 1.0, 4),
-                fmt(c.get("ece"), 1.0, 4),
-                fmt(c.get("corr"), 1.0, 2),
+                *[fmt(c.get(key), 1.0, 4) for key in ("brier", "reliability", "resolution")],
+                *[fmt(c.get(key), 1.0, 2) for key in ("brier_skill", "auc", "spearman")],
             ]
         )
     lines += [
         _table(
-            ["arm", "frontier %", "sampler ESS %", "Brier", "Brier (constant)", "ECE", "corr"],
+            [
+                "arm",
+                "frontier %",
+                "sampler ESS %",
+                "Brier",
+                "reliability",
+                "resolution",
+                "skill vs mean v̂",
+                "AUC",
+                "Spearman",
+            ],
             rows,
         ),
         "",

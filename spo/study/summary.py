@@ -1,7 +1,8 @@
 """Summary of a `spo compare` study: OUT/summary.json, plots, report page, markdown.
 
-Reads only what the runs wrote (metrics.jsonl, the final checkpoint's diagnostics.json and
-calibration.json), so it can be rerun at any time (`spo compare ... --summarize-only`).
+Reads only the files a study commits of each run (`spo.study.runs.COMMITTED`: metrics.jsonl,
+diagnostics.jsonl, run.json, calibration_eval.json; the checkpoints only as a fallback), so
+it can be rerun at any time, also from a fresh clone (`spo compare ... --summarize-only`).
 
 Per arm, over its finished seeds, every number is aggregated as mean, std (ddof = 1,
 null for one seed), min, max and n:
@@ -16,7 +17,12 @@ null for one seed), min, max and n:
   r for SPO without baseline; `adv/variance_nondegenerate`: GRPO's r − group mean on
   non-degenerate groups), averaged over the run (GRPO's steps weighted by their
   non-degenerate share: a step whose groups are all degenerate contributes nothing);
-- the final tracker's frontier / sampler ESS and its calibration against fresh samples.
+- the final tracker's frontier / sampler ESS and its calibration against fresh samples
+  (Brier and its Murphy terms, skill against the tracker's mean v̂, AUC, Spearman);
+- paired differences between SPO and every other arm, seed by seed (seed s of both arms
+  shares the prompts, the initial policy and the eval prompts): mean and the 95%
+  Student-t interval mean ± t(0.975, n − 1)·sd/√n over the n common finished seeds. With
+  n = 2 or 3 the interval is wide (t = 12.7, 4.3): it says how little a few seeds show.
 """
 
 from __future__ import annotations
@@ -42,7 +48,23 @@ TRAIN_CURVES = (
 )
 SIGNAL = ("adv/degenerate_fraction", "adv/abs_le_1e-4", "adv/abs_le_0.02")
 TRACKER = ("frontier_seen", "value_mean_seen", "seen_fraction")
-CALIBRATION = ("brier", "brier_constant", "ece", "corr", "value_mean", "rate_mean")
+CALIBRATION = (
+    "brier",
+    "reliability",
+    "resolution",
+    "uncertainty",
+    "reference",
+    "brier_reference",
+    "brier_skill",
+    "auc",
+    "auc_ceiling",
+    "spearman",
+    "pearson",
+    "ece",
+    "value_mean",
+    "rate_mean",
+)
+PAIRED_REFERENCE = "spo"
 
 
 # ----------------------------------------------------------------------- aggregation
@@ -58,6 +80,78 @@ def aggregate(values) -> dict:
         "max": float(v.max()),
         "n": int(v.size),
     }
+
+
+def t_quantile(q: float, df: float) -> float:
+    """Quantile q in (0, 1) of Student's t with df > 0 degrees of freedom (df = inf: normal).
+
+    Bisection on the CDF, 1/2 + ∫_0^x f(t) dt by Simpson's rule on 4,000 intervals of the
+    density f(t) = Γ((ν+1)/2) / (√(νπ) Γ(ν/2)) · (1 + t²/ν)^(−(ν+1)/2): accurate to ~1e-9
+    for the quantiles used here (no scipy at run time).
+    """
+    from statistics import NormalDist
+
+    if not 0 < q < 1 or not df > 0:
+        raise ValueError(f"t_quantile needs 0 < q < 1 and df > 0, got q={q}, df={df}")
+    if math.isinf(df):
+        return NormalDist().inv_cdf(q)
+    if q < 0.5:
+        return -t_quantile(1 - q, df)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def mass(x: float) -> float:  # P(0 < T < x)
+        t = np.linspace(0.0, x, 4001)
+        f = c * (1 + t * t / df) ** (-(df + 1) / 2)
+        return float((f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()) * x / 12000)
+
+    target, lo, hi = q - 0.5, 0.0, 1.0
+    while mass(hi) < target:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mass(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def t_interval(values, level: float = 0.95) -> dict:
+    """mean, sd (ddof 1), n and the Student-t interval mean ± t((1+level)/2, n−1)·sd/√n of
+    the finite values; lo/hi None below two values."""
+    v = np.asarray([x for x in values if _finite(x)], dtype=np.float64)
+    out = {"mean": None, "std": None, "lo": None, "hi": None, "n": int(v.size), "level": level}
+    if v.size == 0:
+        return out
+    out["mean"] = float(v.mean())
+    if v.size > 1:
+        sd = float(v.std(ddof=1))
+        half = t_quantile((1 + level) / 2, v.size - 1) * sd / math.sqrt(v.size)
+        out.update(std=sd, lo=out["mean"] - half, hi=out["mean"] + half)
+    return out
+
+
+def paired_differences(arms: dict, reference: str = PAIRED_REFERENCE) -> dict:
+    """{arm: {metric: t_interval of reference − arm over common seeds, plus seeds, diffs}}
+    for the final held-out metrics (no `/` in the key) of each arm's finished runs."""
+    if reference not in arms:
+        return {}
+
+    def finals(arm: str) -> dict[int, dict]:
+        return {r["seed"]: r.get("final") or {} for r in arms[arm]["runs"] if r.get("final")}
+
+    ref = finals(reference)
+    out = {}
+    for arm in arms:
+        if arm == reference:
+            continue
+        mine = finals(arm)
+        seeds = sorted(set(ref) & set(mine))
+        keys = sorted({k for s in seeds for k in ref[s] if "/" not in k and k in mine[s]})
+        rows = {}
+        for key in keys:
+            diffs = [ref[s][key] - mine[s][key] for s in seeds]
+            rows[key] = {**t_interval(diffs), "seeds": seeds, "diffs": diffs}
+        if rows:
+            out[arm] = rows
+    return out
 
 
 def _finite(x) -> bool:
@@ -119,22 +213,13 @@ def _nondegenerate_variance(rows: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------- one run
-def _read_json(path: Path) -> dict | None:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _eval_metrics(record: dict) -> dict:
     return {k[5:]: v for k, v in record.items() if k.startswith("eval/") and _finite(v)}
 
 
 def run_record(run_dir: Path, steps: int) -> dict:
-    """What the summary needs from one finished run directory."""
-    from spo.train.checkpoint import checkpoint_name
+    """What the summary needs from one finished run directory (committed files only)."""
+    from spo.study.runs import final_calibration, final_diagnostics
     from spo.train.logging import read_metrics
 
     rows = read_metrics(run_dir / "metrics.jsonl")
@@ -142,9 +227,8 @@ def run_record(run_dir: Path, steps: int) -> dict:
     evals = [r for r in rows if _eval_metrics(r)]
     base = next((r for r in evals if r.get("step") == 0), None)
     last = evals[-1] if evals and evals[-1].get("step", 0) > 0 else None
-    ckpt = run_dir / "checkpoints" / checkpoint_name(steps)
-    diag = _read_json(ckpt / "diagnostics.json") or {}
-    calib = _read_json(ckpt / "calibration.json") or {}
+    diag = final_diagnostics(run_dir, steps) or {}
+    calib = final_calibration(run_dir, steps) or {}
     tracker = {k: diag.get(k) for k in TRACKER if _finite(diag.get(k))}
     ess = (diag.get("sampler") or {}).get("ess_fraction")
     if _finite(ess):
@@ -172,12 +256,23 @@ def run_record(run_dir: Path, steps: int) -> dict:
     }
 
 
-def _init_samples(values: Path | None) -> int:
-    if values is None or not values.is_file():
-        return 0
-    import pyarrow.parquet as pq
+def init_samples(spec, per_prompt: int, steps: int) -> int:
+    """Offline-init samples of a run: its run.json, else the values file (sum of trials),
+    else (older studies, values not committed) per_prompt × the final tracker's prompts,
+    which is what `spo init-values --samples per_prompt` draws."""
+    from spo.study.runs import final_diagnostics, read_run_summary
 
-    return round(float(np.sum(pq.read_table(values, columns=["trials"])["trials"])))
+    if spec.values is None:
+        return 0
+    record = read_run_summary(spec.run_dir) or {}
+    if isinstance(record.get("init_samples"), int):
+        return record["init_samples"]
+    if spec.values.is_file():
+        import pyarrow.parquet as pq
+
+        return round(float(np.sum(pq.read_table(spec.values, columns=["trials"])["trials"])))
+    prompts = (final_diagnostics(spec.run_dir, steps) or {}).get("num_prompts")
+    return per_prompt * int(prompts) if _finite(prompts) else 0
 
 
 # ----------------------------------------------------------------------- summary
@@ -203,7 +298,7 @@ def machine_info() -> dict:
 
 def build_summary(plan, specs, *, command: str = "", seconds: float = 0.0, train_commands=None):
     """The summary dict (see the module docstring); `specs` are the plan's runs."""
-    from spo.study.runs import resolved_config, run_state
+    from spo.study.runs import resolved_config, study_state
 
     base_cfg = resolved_config(plan.config, [*plan.overrides, "algo=spo"])
     settings_keys = (
@@ -229,7 +324,7 @@ def build_summary(plan, specs, *, command: str = "", seconds: float = 0.0, train
         mine = [s for s in specs if s.arm == arm]
         records, runs = [], []
         for s in mine:
-            state = run_state(s.run_dir, plan.steps)
+            state = study_state(s.run_dir, plan.steps)
             entry = {"seed": s.seed, "run_dir": str(s.run_dir), "status": state}
             if s.message:
                 entry["message"] = s.message
@@ -240,7 +335,7 @@ def build_summary(plan, specs, *, command: str = "", seconds: float = 0.0, train
             else:
                 failed.append(f"{arm}/seed{s.seed}")
             runs.append(entry)
-        init = _init_samples(mine[0].values) if mine and mine[0].values else 0
+        init = init_samples(mine[0], plan.init_samples, plan.steps) if mine else 0
         cfg = resolved_config(plan.config, plan.train_args(mine[0])) if mine else {}
         arms[arm] = {
             "algo": info["algo"],
@@ -283,6 +378,7 @@ def build_summary(plan, specs, *, command: str = "", seconds: float = 0.0, train
         "machine": machine_info(),
         "seconds": seconds,
         "arms": arms,
+        "paired": paired_differences(arms),
         "failed": failed,
     }
 

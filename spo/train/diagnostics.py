@@ -14,15 +14,35 @@ tracker state this module computes, with no model calls:
       Kish effective sample size ESS = (Σw)²/Σw² = 1/Σq²  (P when uniform);
 - a parquet export of the tracker (prompt_id, prompt, value, count, last_step, ...).
 
-Calibration compares v̂ with a *fresh* empirical pass rate p̂ (mean of n new rewards per
-prompt, `spo eval RUN --calibration n` produces them), over P sampled prompts:
+Calibration scores v̂ against *fresh* rewards r_xj (n new samples per prompt from the
+policy of the checkpoint, `spo eval RUN --calibration n`), over P sampled prompts; p̂_x is
+the fresh pass rate of prompt x, ō the mean of all fresh rewards:
       Brier = mean_{x,j} (v̂_x − r_xj)²        (the proper score on individual outcomes)
-      MSE   = mean_x (v̂_x − p̂_x)²           (includes p̂'s own noise ≈ p̂(1−p̂)/n)
-      ECE   = Σ_b (P_b/P)·|mean_b v̂ − mean_b p̂|  over equal-width bins of v̂ on [0, 1]
-plus `brier_constant`, the Brier score of predicting the overall mean rate for every
-prompt: v̂ is informative exactly when Brier < brier_constant. v̂ tracks the pass rate of
-*recent* policies (forgetting-weighted), so a policy that is still improving shows up as
-v̂ slightly below p̂; that lag is what the reliability diagram makes visible.
+- Murphy decomposition over equal-width bins b of v̂ on [0, 1] (n_b/n the bin's share,
+  f̄_b its mean v̂, ō_b its mean fresh reward):
+      REL = Σ_b (n_b/n)(f̄_b − ō_b)²      reliability: lag / miscalibration (lower is better)
+      RES = Σ_b (n_b/n)(ō_b − ō)²        resolution: how far v̂ sorts prompts (higher better)
+      UNC = mean (r − ō)²                 uncertainty (= ō(1 − ō) for binary r)
+  REL − RES + UNC is exactly the Brier score of the binned forecast (every v̂ replaced by
+  its bin mean f̄_b); the Brier score of v̂ itself adds the within-bin terms of Stephenson
+  et al. (2008): Brier = REL − RES + UNC + WBV − WBC, WBV = Σ_b (n_b/n) var_b(v̂),
+  WBC = 2 Σ_b (n_b/n) cov_b(v̂, r). Both identities are exact (tested).
+- Discrimination: `auc`, the Mann–Whitney AUC of v̂ against the fresh per-sample outcomes
+  (ties 1/2; 0.5 = v̂ does not rank prompts), and the Pearson / Spearman correlation of
+  v̂ with p̂. `auc_ceiling` is the AUC of p̂ itself against the same outcomes: not a
+  predictor (it has seen them), only the most any per-prompt score could reach here.
+- Reference predictor: one constant for every prompt that is available *without* the fresh
+  samples — by default (in `spo eval`) the tracker's own mean v̂ over the prompts it has
+  seen. It carries the tracker's knowledge of the overall level (and shares its lag), so
+  `brier_skill` = 1 − Brier / Brier(reference) measures what the per-prompt differences
+  in v̂ add. (The old `brier_constant`, the mean of the very rewards being scored, was an
+  in-sample oracle that no predictor can know in advance; it is no longer reported.)
+  A prompt-independent prior such as the online init 0.5 would be easier to beat and
+  would mostly measure the overall level, which RES and the AUC already separate out.
+- `mse` = mean_x (v̂_x − p̂_x)² (includes p̂'s own noise ≈ p̂(1−p̂)/n); ECE =
+  Σ_b (n_b/n)|f̄_b − ō_b|. v̂ tracks the pass rate of *recent* policies (forgetting-
+  weighted), so a policy that is still improving shows up as v̂ below p̂: that lag is in
+  REL and in the reliability diagram, not in RES or the AUC.
 
 `write_diagnostics(checkpoint_dir, run_dir)` is the cheap entry the trainer calls at each
 checkpoint: it writes `diagnostics.json` and `tracker.parquet` into the checkpoint and
@@ -99,11 +119,62 @@ def sampler_stats(value_P, eps: float = 0.05, mode: str = "priority") -> dict:
     }
 
 
-def calibration(value_P, reward_PN, n_bins: int = CALIBRATION_BINS) -> dict:
-    """Reliability of v̂ (P,) against fresh rewards (P, N) in [0, 1]; see module docstring.
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of x (n,), ties given their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.arange(1, x.size + 1)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse]
 
-    Bins are equal-width on [0, 1]; prompt x falls in bin min(floor(v̂·n_bins), n_bins−1).
-    Empty bins are reported with count 0 and null means.
+
+def pearson(x, y) -> float:
+    """Pearson correlation of x, y (n,); nan when n < 2 or either is constant."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (Pearson of average-tie ranks); nan as `pearson`."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.size < 2:
+        return math.nan
+    return pearson(_ranks(x), _ranks(y))
+
+
+def auc(score_P, reward_PN) -> float:
+    """Mann–Whitney AUC of a per-prompt score against per-sample outcomes, ties = 1/2.
+
+    AUC = Σ_ij r_i (1 − r_j) [1(s_i > s_j) + ½·1(s_i = s_j)] / (Σ_i r_i · Σ_j (1 − r_j))
+    over all samples i, j (sample i of prompt x has score s_x): for binary r, the chance
+    that a random success outscores a random failure; a fractional r counts as r of a
+    success and 1 − r of a failure. nan when there are no successes or no failures.
+    """
+    s = np.asarray(score_P, dtype=np.float64)
+    r = np.asarray(reward_PN, dtype=np.float64)
+    pos_P, neg_P = r.sum(1), (1 - r).sum(1)
+    total = pos_P.sum() * neg_P.sum()
+    if total <= 0:
+        return math.nan
+    uniq, inverse = np.unique(s, return_inverse=True)
+    pos_U = np.bincount(inverse, weights=pos_P, minlength=uniq.size)
+    neg_U = np.bincount(inverse, weights=neg_P, minlength=uniq.size)
+    below_U = np.cumsum(neg_U) - neg_U  # failures with a strictly lower score
+    return float((pos_U * (below_U + 0.5 * neg_U)).sum() / total)
+
+
+def calibration(
+    value_P, reward_PN, n_bins: int = CALIBRATION_BINS, *, reference: float | None = None
+) -> dict:
+    """v̂ (P,) scored against fresh rewards (P, N) in [0, 1]; see the module docstring.
+
+    reference: the constant the skill score compares with, a prediction made without the
+    fresh samples (`spo eval` passes the tracker's mean v̂ over its seen prompts); None:
+    the mean of `value_P`. Bins are equal-width on [0, 1]; prompt x falls in bin
+    min(floor(v̂·n_bins), n_bins − 1). Empty bins are reported with count 0 and null means.
     """
     v = np.asarray(value_P, dtype=np.float64)
     r = np.asarray(reward_PN, dtype=np.float64)
@@ -111,18 +182,29 @@ def calibration(value_P, reward_PN, n_bins: int = CALIBRATION_BINS) -> dict:
         raise ValueError(f"need value_P (P,) and reward_PN (P, N >= 1); got {v.shape}, {r.shape}")
     if v.size == 0:
         raise ValueError("calibration needs at least one prompt")
-    rate = r.mean(1)
+    ref = float(v.mean()) if reference is None else float(reference)
+    if not 0.0 <= ref <= 1.0:
+        raise ValueError(f"reference prediction must be in [0, 1], got {ref}")
+    rate_P = r.mean(1)
+    rate = float(r.mean())  # ō: every prompt has N samples, so prompt and sample means agree
     brier = float(np.mean((v[:, None] - r) ** 2))
-    brier_constant = float(np.mean((rate.mean() - r) ** 2))
+    uncertainty = float(np.mean((r - rate) ** 2))  # = ō(1 − ō) for binary rewards
+    brier_reference = (ref - rate) ** 2 + uncertainty
     bin_P = np.minimum((v * n_bins).astype(np.int64), n_bins - 1)
-    bins, ece = [], 0.0
+    bins, ece, rel, res, wbv, wbc = [], 0.0, 0.0, 0.0, 0.0, 0.0
     for b in range(n_bins):
         sel = bin_P == b
         n = int(sel.sum())
         vm = float(v[sel].mean()) if n else None
-        rm = float(rate[sel].mean()) if n else None
+        rm = float(rate_P[sel].mean()) if n else None
         if n:
-            ece += n / v.size * abs(vm - rm)
+            w = n / v.size
+            ece += w * abs(vm - rm)
+            rel += w * (vm - rm) ** 2
+            res += w * (rm - rate) ** 2
+            dv = v[sel] - vm
+            wbv += w * float(np.mean(dv**2))
+            wbc += w * 2 * float(np.mean(dv[:, None] * (r[sel] - rm)))
         bins.append(
             {
                 "lo": b / n_bins,
@@ -132,21 +214,53 @@ def calibration(value_P, reward_PN, n_bins: int = CALIBRATION_BINS) -> dict:
                 "rate_mean": rm,
             }
         )
-    corr = math.nan
-    if v.size > 1 and v.std() > 0 and rate.std() > 0:
-        corr = float(np.corrcoef(v, rate)[0, 1])
     return {
         "n_prompts": int(v.size),
         "samples_per_prompt": int(r.shape[1]),
         "brier": brier,
-        "brier_constant": brier_constant,
-        "mse": float(np.mean((v - rate) ** 2)),
+        "reliability": rel,
+        "resolution": res,
+        "uncertainty": uncertainty,
+        "brier_binned": rel - res + uncertainty,
+        "within_bin_variance": wbv,
+        "within_bin_covariance": wbc,
+        "reference": ref,
+        "brier_reference": brier_reference,
+        "brier_skill": 1 - brier / brier_reference if brier_reference > 0 else math.nan,
+        "auc": auc(v, r),
+        "auc_ceiling": auc(rate_P, r),
+        "pearson": pearson(v, rate_P),
+        "spearman": spearman(v, rate_P),
+        "mse": float(np.mean((v - rate_P) ** 2)),
         "ece": float(ece),
-        "corr": corr,
         "value_mean": float(v.mean()),
-        "rate_mean": float(rate.mean()),
+        "rate_mean": rate,
         "bins": bins,
     }
+
+
+def rescore_calibration(cal: dict, reference: float | None = None) -> dict:
+    """A stored calibration record with the current keys (`calibration`'s).
+
+    Records written before the Murphy/AUC/reference keys existed kept v̂, the fresh rates
+    and the samples per prompt but not the rewards; for binary rewards (every rate × n an
+    integer) those determine every score, so they are rescored with `reference` (the
+    tracker's mean v̂ over its seen prompts at that step). Current records, or rates that
+    are not binary counts, are returned unchanged.
+    """
+    if "brier_skill" in cal or "value" not in cal:
+        return cal
+    reward = cal.get("reward")
+    if reward is None:
+        n = int(cal.get("samples_per_prompt") or 0)
+        succ_P = np.asarray(cal.get("rate", []), dtype=np.float64) * n
+        if n == 0 or succ_P.size != len(cal["value"]) or not np.allclose(succ_P, succ_P.round()):
+            return cal
+        reward = (np.arange(n)[None, :] < succ_P.round()[:, None]).astype(np.float64)
+    keep = {k: cal[k] for k in ("step", "prompt_ids", "value", "rate") if k in cal}
+    out = {**calibration(cal["value"], reward, reference=reference), **keep}
+    out["rescored"] = "from the stored per-prompt v̂ and fresh rates (binary rewards)"
+    return out
 
 
 def pending_rho(drift_state: dict, tracker_cfg: dict) -> np.ndarray | None:

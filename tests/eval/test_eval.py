@@ -253,6 +253,15 @@ def test_spo_eval_run_dir_with_calibration(tiny_model_dir, task_files, tmp_path,
     cal = result["calibration"]
     assert cal["n_prompts"] == 4 and cal["samples_per_prompt"] == 3
     assert len(cal["prompt_ids"]) == 4
+    # the reference is the tracker's mean v̂ over its 10 seen prompts (5 at (0.45 + 1)/1.9,
+    # 5 at 0.45/1.9), known before sampling, not a mean of the scored rewards
+    assert cal["reference"] == pytest.approx(0.5)
+    assert "brier_constant" not in cal and "Brier" in printed and "AUC" in printed
+    from spo.train.diagnostics import calibration
+
+    again = calibration(cal["value"], cal["reward"], reference=cal["reference"])
+    assert again["brier_skill"] == pytest.approx(cal["brier_skill"], nan_ok=True)
+    assert np.mean(cal["reward"], axis=1) == pytest.approx(cal["rate"])
     ckpt = run / "checkpoints" / "step_000002"
     for name in ("calibration.json", "diagnostics.json", "tracker.parquet"):
         assert (ckpt / name).is_file(), name

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spo.cli import main
+from spo.study.runs import COMMITTED, flatten
 from spo.study.summary import aggregate, align_curves
 
 
@@ -185,6 +186,30 @@ def test_compare_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert "| **spo** | 2 |" in page and "../study/accuracy_vs_samples.png" in page
     assert "search budget is zero" in page
 
+    # a fresh clone has only the committed files of each run (no checkpoints, no values):
+    # the summary comes out the same from them
+    clone = tmp_path / "clone"
+    for run_dir in out.glob("runs/*/seed*"):
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["status"] == "finished" and record["steps"] == 2
+        assert (record["calibration"] is None) == (run_dir.parent.name == "grpo")
+        for name in COMMITTED:
+            if (run_dir / name).is_file():
+                dest = clone / run_dir.relative_to(out) / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes((run_dir / name).read_bytes())
+    i = argv.index("--out")
+    again = [*argv[:i], "--out", str(clone), "--summarize-only"]  # --out, --markdown last
+    assert main(again) == 0
+    s2 = json.loads((clone / "summary.json").read_text())
+    assert s2["failed"] == [] and s2["paired"]["grpo"]["greedy"]["n"] == 2
+    for arm, a in s["arms"].items():
+        b = s2["arms"][arm]
+        assert b["init_samples"] == a["init_samples"] and b["n_finished"] == a["n_finished"]
+        for key in ("final", "run_mean", "tracker", "calibration"):
+            assert flatten(b[key]) == pytest.approx(flatten(a[key])), (arm, key)
+    assert s2["paired"] == s["paired"]
+
     # rerun: nothing is trained again, the summary is rewritten
     stamp = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/metrics.jsonl")}
     capsys.readouterr()
@@ -238,17 +263,24 @@ def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
             OmegaConf.from_dotlist([f"{k}={v}" for k, v in cfg.items() if v is not None]),
             spec.run_dir / "config.yaml",
         )
+    # grpo seed 1 finished elsewhere: a fresh clone of a committed study (run.json, no
+    # checkpoints) is summarised, never trained over
+    grpo1 = next(s for s in plan.runs if s.arm == "grpo" and s.seed == 1)
+    grpo1.run_dir.mkdir(parents=True)
+    (grpo1.run_dir / "run.json").write_text(json.dumps({"status": "finished", "steps": 2}))
     specs = compare.run_plan(plan, jobs=2, log=lambda *_: None)
     status = {(s.arm, s.seed): s.status for s in specs}
     assert status == {
         ("spo", 0): "finished",
         ("spo", 1): "finished",
         ("grpo", 0): "failed",
-        ("grpo", 1): "failed",
+        ("grpo", 1): "finished",
     }
     assert "boom" in next(s.message for s in specs if s.arm == "grpo")
     trains = [c for c in calls if c[3] == "train"]
-    assert len(trains) == 3  # spo seed0 was skipped
+    assert len(trains) == 2  # spo seed0 and grpo seed1 were skipped
+    assert not (grpo1.run_dir / "checkpoints").exists()
+    assert json.loads((spo0.run_dir / "run.json").read_text())["status"] == "finished"
     assert [c[4:] for c in trains if c[4] == "--resume"] == [
         ["--resume", str(spo1.run_dir), "steps=2"]
     ]
@@ -260,3 +292,52 @@ def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match=r"optim\.lr=0\.001"):
         compare.run_plan(plan, jobs=1, log=lambda *_: None)
+
+
+# ------------------------------------------------------------ intervals and pairs
+def test_t_quantile_matches_scipy():
+    from scipy.stats import t
+
+    from spo.study.summary import t_quantile
+
+    for df in (1, 2, 3, 4, 5, 7, 10, 29, 100):
+        for q in (0.95, 0.975, 0.995, 0.025):
+            assert t_quantile(q, df) == pytest.approx(t.ppf(q, df), rel=1e-6, abs=1e-9)
+    assert t_quantile(0.975, math.inf) == pytest.approx(1.959964, abs=1e-6)
+    with pytest.raises(ValueError, match="df > 0"):
+        t_quantile(0.975, 0)
+
+
+def test_t_interval_hand_computed():
+    from spo.study.summary import t_interval
+
+    # mean 0.04, sd 0.03, n 3: half-width t(0.975, 2) · 0.03/√3 = 4.302653 · 0.0173205
+    iv = t_interval([0.01, 0.04, 0.07])
+    assert (iv["n"], iv["mean"], iv["std"]) == (3, pytest.approx(0.04), pytest.approx(0.03))
+    assert iv["lo"] == pytest.approx(0.04 - 0.0745242, abs=1e-6)
+    assert iv["hi"] == pytest.approx(0.04 + 0.0745242, abs=1e-6)
+    one = t_interval([0.5, None])
+    assert one["mean"] == 0.5 and one["lo"] is None and one["n"] == 1
+
+
+def test_paired_differences_use_common_seeds_only():
+    from spo.study.summary import paired_differences
+
+    def arm(finals: dict[int, dict]) -> dict:
+        return {"runs": [{"seed": s, "final": f} for s, f in finals.items()]}
+
+    arms = {
+        "spo": arm(
+            {0: {"greedy": 0.8, "avg@4/difficulty=1": 0.1}, 1: {"greedy": 0.7}, 2: {"greedy": 0.9}}
+        ),
+        "grpo": arm({0: {"greedy": 0.6}, 2: {"greedy": 0.8}}),  # seed 1 failed: no final
+        "no_baseline": {"runs": [{"seed": 0, "status": "failed"}]},
+    }
+    p = paired_differences(arms)
+    assert set(p) == {"grpo"}  # nothing in common with no_baseline, spo is the reference
+    g = p["grpo"]["greedy"]
+    assert g["seeds"] == [0, 2] and g["diffs"] == pytest.approx([0.2, 0.1]) and g["n"] == 2
+    # mean 0.15, sd 0.0707107, t(0.975, 1) = 12.7062: half-width 12.7062 · 0.05
+    assert g["hi"] - g["mean"] == pytest.approx(12.7062047 * 0.05, rel=1e-6)
+    assert "avg@4/difficulty=1" not in p["grpo"]
+    assert paired_differences({"grpo": arms["grpo"]}) == {}

@@ -12,12 +12,15 @@ import pytest
 from spo.algo import ValueTracker
 from spo.train.checkpoint import write_state
 from spo.train.diagnostics import (
+    auc,
     calibration,
     checkpoint_diagnostics,
     frontier_share,
+    pearson,
     pending_rho,
     read_diagnostics_log,
     sampler_stats,
+    spearman,
     tracker_summary,
     write_diagnostics,
 )
@@ -35,9 +38,22 @@ def test_calibration_hand_computed():
     assert c["mse"] == pytest.approx(0.0675 / 3)
     # ECE: one prompt in each of bins 2, 5, 8 -> (0.05 + 0.05 + 0.25)/3
     assert c["ece"] == pytest.approx(0.35 / 3)
-    # constant predictor 5/12: 5 ones and 7 zeros
-    m = 5 / 12
-    assert c["brier_constant"] == pytest.approx((5 * (1 - m) ** 2 + 7 * m**2) / 12)
+    # Murphy terms, ō = 5/12: REL = mean squared bin gap, RES = spread of the bin rates
+    assert c["reliability"] == pytest.approx(0.0675 / 3)
+    assert c["resolution"] == pytest.approx((2 * (1 / 6) ** 2 + (1 / 3) ** 2) / 3)  # 1/18
+    assert c["uncertainty"] == pytest.approx(5 / 12 * 7 / 12)
+    assert c["within_bin_variance"] == 0 and c["within_bin_covariance"] == 0  # 1 per bin
+    assert c["brier_binned"] == pytest.approx(c["brier"])
+    # reference: the mean v̂ 0.5 for every prompt -> (0.5 − 5/12)² + 35/144 = 0.25
+    assert c["reference"] == pytest.approx(0.5)
+    assert c["brier_reference"] == pytest.approx(0.25)
+    assert c["brier_skill"] == pytest.approx(1 - 0.21 / 0.25)
+    assert "brier_constant" not in c  # the in-sample oracle is gone
+    # AUC, 5 successes x 7 failures: the success at 0.2 ties its 3 failures (1.5), the one
+    # at 0.5 beats 3 and ties 3 (4.5), the 3 at 0.8 beat 6 and tie 1 (3 · 6.5)
+    assert c["auc"] == pytest.approx(25.5 / 35)
+    assert c["pearson"] == pytest.approx(math.sqrt(3) / 2)
+    assert c["spearman"] == pytest.approx(math.sqrt(3) / 2)  # ranks 1,3,2 vs 1.5,3,1.5
     assert [b["count"] for b in c["bins"]] == [0, 0, 1, 0, 0, 1, 0, 0, 1, 0]
     assert c["bins"][5] == {"lo": 0.5, "hi": 0.6, "count": 1, "value_mean": 0.5, "rate_mean": 0.25}
     assert c["bins"][0]["value_mean"] is None
@@ -53,6 +69,70 @@ def test_calibration_pools_prompts_within_a_bin_and_puts_one_in_the_last_bin():
     assert c["bins"][1]["value_mean"] == pytest.approx(0.35)
     assert c["bins"][1]["rate_mean"] == pytest.approx(0.5)
     assert c["ece"] == pytest.approx((0.5 + 2 * 0.15 + 0.0) / 4)
+    # ō = 5/8. REL = ½·0.15² + ¼·0.5²; RES = ½·0.125² + ¼·0.375² + ¼·0.125²; UNC = 15/64
+    assert c["reliability"] == pytest.approx(0.07375)
+    assert c["resolution"] == pytest.approx(0.046875)
+    assert c["uncertainty"] == pytest.approx(15 / 64)
+    assert c["brier_binned"] == pytest.approx(0.26125)
+    # bin 1: v̂ = 0.35 ∓ 0.04 -> WBV = ½·0.0016; the lower v̂ has the successes ->
+    # WBC = 2·½·mean(−0.04·0.5, ..., 0.04·(−0.5)) = −0.02
+    assert c["within_bin_variance"] == pytest.approx(0.0008)
+    assert c["within_bin_covariance"] == pytest.approx(-0.02)
+    # Brier itself: (2·0.69² + 2·0.39² + 0 + 1)/8
+    assert c["brier"] == pytest.approx(2.2564 / 8)
+    assert c["brier"] == pytest.approx(0.26125 + 0.0008 + 0.02)
+
+
+def test_murphy_identities_hold_exactly_on_random_data():
+    rng = np.random.default_rng(7)
+    for n_bins in (1, 3, 10):
+        v = rng.uniform(size=40)
+        r = (rng.uniform(size=(40, 5)) < rng.uniform(size=(40, 1))).astype(float)
+        r[:3] = rng.uniform(size=(3, 5))  # fractional rewards: UNC is Var(r), still exact
+        c = calibration(v, r, n_bins=n_bins)
+        terms = c["reliability"] - c["resolution"] + c["uncertainty"]
+        assert c["brier_binned"] == pytest.approx(terms, abs=1e-12)
+        # the binned forecast: every v̂ replaced by its bin's mean v̂
+        bin_P = np.minimum((v * n_bins).astype(int), n_bins - 1)
+        fbar = np.array([v[bin_P == b].mean() for b in bin_P])
+        assert c["brier_binned"] == pytest.approx(np.mean((fbar[:, None] - r) ** 2), abs=1e-12)
+        wb = c["within_bin_variance"] - c["within_bin_covariance"]
+        assert c["brier"] == pytest.approx(terms + wb, abs=1e-12)
+
+
+def test_reference_is_given_not_taken_from_the_scored_rewards():
+    r = [[1, 1], [1, 0]]  # ō = 0.75
+    c = calibration([0.6, 0.4], r, reference=0.3)
+    assert c["brier_reference"] == pytest.approx(np.mean((0.3 - np.asarray(r)) ** 2))
+    assert c["brier_skill"] == pytest.approx(1 - c["brier"] / c["brier_reference"])
+    # the reference never moves with the fresh rewards (an in-sample mean would)
+    c2 = calibration([0.6, 0.4], [[0, 0], [0, 1]], reference=0.3)
+    assert c2["reference"] == c["reference"] == 0.3
+    with pytest.raises(ValueError, match="reference"):
+        calibration([0.5], [[1]], reference=1.5)
+
+
+def test_auc_is_mann_whitney_with_half_ties():
+    rng = np.random.default_rng(2)
+    s = rng.integers(0, 4, size=12) / 4  # many ties
+    r = (rng.uniform(size=(12, 3)) < 0.5).astype(float)
+    pos = [s[i] for i in range(12) for j in range(3) if r[i, j] == 1]
+    neg = [s[i] for i in range(12) for j in range(3) if r[i, j] == 0]
+    brute = np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])
+    assert auc(s, r) == pytest.approx(brute)
+    assert auc([0.1, 0.9], [[0, 0], [1, 1]]) == 1.0
+    assert auc([0.9, 0.1], [[0, 0], [1, 1]]) == 0.0
+    assert auc([0.5, 0.5], [[0, 1], [1, 0]]) == 0.5
+    assert math.isnan(auc([0.1, 0.9], [[1, 1], [1, 1]]))  # no failures
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(4)
+    x, y = rng.integers(0, 5, 30), rng.integers(0, 3, 30)
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(pearson([1], [2]))
 
 
 def test_brier_is_mse_plus_outcome_noise_for_binary_rewards():
@@ -62,7 +142,9 @@ def test_brier_is_mse_plus_outcome_noise_for_binary_rewards():
     c = calibration(v, r)
     rate = r.mean(1)
     assert c["brier"] == pytest.approx(c["mse"] + np.mean(rate * (1 - rate)))
-    assert c["corr"] > 0.5  # outcomes drawn from v̂ itself
+    assert c["pearson"] > 0.5 and c["auc"] > 0.7  # outcomes drawn from v̂ itself
+    assert c["auc"] <= c["auc_ceiling"] + 1e-12
+    assert c["brier_skill"] > 0
 
 
 def test_calibration_rejects_bad_shapes():
