@@ -94,6 +94,13 @@ def lm_head_weight(model) -> Tensor:
     return head.weight
 
 
+def decoder_of(model):
+    """The decoder stack of a causal LM (no LM head): its `last_hidden_state` is what the
+    head reads. Under LoRA (peft) the adapted layers live inside the base model."""
+    base = model.get_base_model() if is_peft(model) else model
+    return getattr(base, base.base_model_prefix)
+
+
 def _cache_kwarg(decoder) -> str:
     """Name of the KV-cache argument: `cache` in newer transformers, else past_key_values."""
     params = inspect.signature(decoder.forward).parameters
@@ -140,8 +147,7 @@ def completion_logp(
     logp_BT = torch.zeros((B, T), dtype=torch.float32, device=device)
     if B == 0 or T == 0:
         return logp_BT
-    base = model.get_base_model() if is_peft(model) else model  # LoRA layers live inside it
-    decoder = getattr(base, base.base_model_prefix)
+    decoder = decoder_of(model)
     ids_BL = batch.input_ids_BL.to(device)
     C = shared_prefix_len(batch) if share_prefix else 0
     if C > 0:
