@@ -72,7 +72,7 @@ def params_of(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().clone() for k, v in model.named_parameters()}
 
 
-@pytest.mark.parametrize("algo", ["spo", "grpo", "rloo", "dr_grpo"])
+@pytest.mark.parametrize("algo", ["spo", "grpo", "rloo", "dr_grpo", "critic"])
 def test_algorithms_train_a_few_steps(tiny_model_dir, task_files, tmp_path, algo):
     cfg = load_config(None, tiny_overrides(tiny_model_dir, task_files, tmp_path / "run", algo=algo))
     trainer = Trainer(cfg)

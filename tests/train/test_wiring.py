@@ -14,7 +14,9 @@ before the step:
                   policy update
 
 The tracker starts from random values (not the flat prior), so a baseline read from the
-wrong place, at the wrong time or for the wrong sample changes the advantage.
+wrong place, at the wrong time or for the wrong sample changes the advantage. For
+`algo=critic` the baseline is the learned V instead: its head starts random too, and
+v_before is V of every prompt under the policy and head before the step.
 """
 
 from __future__ import annotations
@@ -184,9 +186,22 @@ def run_steps(trainer: Trainer, monkeypatch, steps: int = 1) -> StepSpy:
     return spy
 
 
+def randomise_critic(trainer: Trainer, seed: int = 2) -> np.ndarray:
+    """A random value head (algo=critic); returns V of all prompts now, before the step."""
+    head = trainer.critic.head
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.theta.copy_(0.5 + 0.3 * torch.randn(head.theta.shape, generator=gen))
+    ids = np.arange(len(trainer.train_examples))
+    return trainer.critic.values(ids).double().numpy()
+
+
 def run_one_step(trainer: Trainer, monkeypatch) -> tuple[StepSpy, np.ndarray]:
-    """One spied step from a randomised tracker; returns the spy and v̂ before the step."""
+    """One spied step from a randomised tracker (and critic); returns the spy and the
+    baseline of every prompt before the step: v̂, or V for algo=critic."""
     v_before = randomise_tracker(trainer)
+    if trainer.critic is not None:
+        v_before = randomise_critic(trainer)
     return run_steps(trainer, monkeypatch), v_before
 
 
