@@ -23,11 +23,20 @@ import argparse
 import datetime as dt
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, command, hwm_mib, load_avg, machine, reset_peak_rss, rss_mib, write_json
+from common import (
+    RESULTS,
+    command,
+    hwm_mib,
+    load_avg,
+    machine,
+    reset_peak_rss,
+    rss_mib,
+    tiny_task,
+    write_json,
+)
 
 PHASES = ("time/step", "time/generate", "time/score", "time/train", "time/tracker")
 
@@ -48,31 +57,6 @@ def _tensor_bytes(obj) -> int:
     return 0
 
 
-def _tiny_overrides(work: Path) -> list[str]:
-    """The tests' tiny model and fractional-reward task (tests/train/test_trainer.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "train"))
-    from conftest import build_tiny_model
-    from test_trainer import REWARD_SRC
-
-    model = build_tiny_model(work / "tiny-model")
-    data = work / "data.jsonl"
-    rows = [
-        {"prompt": f"Say something about {i} and {i * 7 % 13}.", "answer": str(i)}
-        for i in range(80)
-    ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (work / "reward.py").write_text(REWARD_SRC)
-    return [
-        f"model.path={model}",
-        f"task.name={data}",
-        f"task.reward_fn={work / 'reward.py'}:reward",
-        "task.train_size=64",
-        "task.test_size=4",
-        "optim.lr=1e-3",
-    ]
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=("embedded", "tiny"), default="embedded")
@@ -87,7 +71,16 @@ def main(argv: list[str] | None = None) -> None:
     from spo.train.trainer import Trainer
 
     work = Path(tempfile.mkdtemp(prefix="critic-cost-"))
-    base = _tiny_overrides(work) if args.model == "tiny" else ["task.train_size=64"]
+    base = ["task.train_size=64"]
+    if args.model == "tiny":
+        tiny = tiny_task(work, rows=80)
+        base += [
+            f"model.path={tiny['model_dir']}",
+            f"task.name={tiny['name']}",
+            f"task.reward_fn={tiny['reward_fn']}",
+            "task.test_size=4",
+            "optim.lr=1e-3",
+        ]
     base += [
         f"samples_per_step={args.samples}",
         f"rollout.max_new_tokens={args.new_tokens}",

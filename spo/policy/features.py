@@ -4,9 +4,10 @@
 
 That is the state the LM head reads to predict the first response token: everything the
 policy has computed about the prompt before it answers. One no-grad forward over the
-prompt tokens only (no response, no LM head), in right-padded micro-batches: causal
-attention never reaches the padding after a row, and positions are 0..L-1, so no mask is
-needed (as in `spo.policy.logprobs`).
+prompt tokens only (no response, no LM head), in right-padded micro-batches through
+`spo.policy.logprobs.decoder_hidden`, the training forward's own path: the prefix every
+prompt of a micro-batch shares (system prompt, chat header) runs once and its keys/values
+are repeated, which on the embedded model's chat template is most of each prompt.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from spo.policy.logprobs import decoder_of
+from spo.policy.batch import pack
+from spo.policy.logprobs import decoder_hidden
 
 
 def prompt_hidden(
@@ -30,18 +32,14 @@ def prompt_hidden(
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
     if any(len(p) == 0 for p in prompt_tokens):
         raise ValueError("every prompt needs at least one token")
-    decoder = decoder_of(model)
-    device = next(model.parameters()).device
     rows: list[Tensor] = []
     with torch.no_grad():
         for lo in range(0, len(prompt_tokens), micro_batch_size):
-            chunk = prompt_tokens[lo : lo + micro_batch_size]
-            len_b = torch.tensor([len(p) for p in chunk])
-            ids_bL = torch.full((len(chunk), int(len_b.max())), int(pad_id), dtype=torch.long)
-            for b, p in enumerate(chunk):
-                ids_bL[b, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
-            hidden_bLD = decoder(input_ids=ids_bL.to(device), use_cache=False).last_hidden_state
-            rows.append(hidden_bLD[torch.arange(len(chunk)), (len_b - 1).to(device)].float().cpu())
+            chunk = [list(p) for p in prompt_tokens[lo : lo + micro_batch_size]]
+            batch = pack(chunk, [[] for _ in chunk], pad_id=int(pad_id))
+            hidden_bLD, C = decoder_hidden(model, batch)
+            last_b = (batch.completion_start_B - 1 - C).to(hidden_bLD.device)
+            rows.append(hidden_bLD[torch.arange(len(chunk)), last_b].float().cpu())
     if not rows:
         return torch.zeros((0, model.config.hidden_size))
     return torch.cat(rows)
