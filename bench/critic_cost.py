@@ -124,6 +124,15 @@ def main(argv: list[str] | None = None) -> None:
         memory["critic"]["critic_parameters"] = critic.head.num_parameters
         memory["critic"]["critic_state_bytes"] = _tensor_bytes(critic.state_dict())
         memory["critic"]["feature_read_peak_extra_mib"] = round(read_peak_extra, 1)
+        from spo.policy.batch import pack
+        from spo.policy.logprobs import shared_prefix_len
+
+        tokens = trainers["critic"].prompt_tokens
+        prompts = {
+            "train_prompts": len(tokens),
+            "tokens_mean": round(statistics.mean(len(p) for p in tokens), 1),
+            "shared_prefix_tokens": shared_prefix_len(pack(tokens, [[] for _ in tokens], pad_id=0)),
+        }
     finally:
         for trainer in trainers.values():
             trainer.close()
@@ -157,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
         },
         "memory": memory,
+        "prompts": prompts,
         "rows": rows,
         "note": "shared 2-core machine with other jobs running: absolute times are noisy; "
         "time/step also varies with completion lengths, which differ between the two "
