@@ -7,8 +7,10 @@ median over steps 2.. of `time/step` and its phases, and for the critic `time/cr
 (reading V: one no-grad forward over the step's prompt tokens; fitting the head) and its
 share of the step. Memory: bytes of the policy's parameters, of its optimizer state (fp32
 masters and AdamW moments), and of the critic's state (θ, Adam moments, running feature
-mean/variance), counted from the tensors; plus the transient resident-memory peak of one
-feature read (VmHWM reset before it).
+mean/variance), counted from the tensors; plus `feature_read_peak_extra_mib`, how far the
+resident peak (VmHWM, reset before) rose above the RSS during one feature read after the
+last step: 0 means the read fit in memory the process already held (the allocator keeps
+the update's freed activations, which are far larger).
 
     python bench/critic_cost.py                       # the embedded SmolLM2-135M, 16 samples/step
     python bench/critic_cost.py --model tiny          # the tests' tiny random Llama (seconds)
