@@ -218,7 +218,7 @@ class CriticConfig:
 class SamplerConfig:
     mode: str = _f(
         "auto",
-        "prompt sampling: auto = the algorithm's own (SPO priority, groups uniform)",
+        "prompt sampling: auto = the algorithm's own (SPO priority; groups and critic uniform)",
         ("auto", "priority", "uniform"),
     )
     eps: float = _f(0.05, "priority floor: w ∝ sqrt(v̂(1-v̂)) + eps")
