@@ -27,9 +27,10 @@ before the policy update. Resume is exact: the head's θ and Adam state are chec
 (`state_dict`), and the features are a deterministic function of the restored weights.
 
 Metrics (`fit`): critic/loss (MSE of the V₋₁ the advantage used, before fitting),
-critic/fit_loss (after), critic/value_mean, time/critic (read + fit), and the
-within-batch variances of the baseline the step used — var/reward = Var(r),
-var/residual = Var(r − V₋₁), var/ratio = their ratio — under the key names of the tracker's.
+critic/fit_loss (after), critic/value_mean, time/critic (read + fit). The within-batch
+variance keys (var/reward, var/residual = Var(r − b), var/ratio) are not computed here:
+the step metrics compute them for every algorithm from the baseline b passed to the
+advantage, which for this arm is V₋₁, so tracker and critic share one definition.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from spo.algo import advantage_variance
 from spo.algo.critic import ValueHead
 from spo.policy.features import prompt_hidden
 
@@ -103,16 +103,11 @@ class Critic:
         (hidden_BD, baseline_B, read_s), self._read = self._read, None
         t0 = time.perf_counter()
         fit = self.head.fit(hidden_BD, reward_B)
-        var_reward = advantage_variance(reward_B)
-        var_residual = advantage_variance(reward_B - baseline_B)
         return {
             "critic/loss": fit["loss"],
             "critic/fit_loss": fit["fit_loss"],
             "critic/value_mean": float(baseline_B.mean()),
             "time/critic": read_s + time.perf_counter() - t0,
-            "var/reward": var_reward,
-            "var/residual": var_residual,
-            "var/ratio": var_residual / var_reward if var_reward > 0 else float("nan"),
         }
 
     def state_dict(self) -> dict:

@@ -417,9 +417,9 @@ class Trainer:
 
         rho_kw, rho_stats = self.rho.step(prompt_idx_B, batch, rollouts, old_logp_BT)
         self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)
-        critic_stats = self.critic.fit(reward_B) if self.critic else {}
         if step % TRIM_EVERY == 0:  # freed activations back to the OS (spo.train.heap)
             trim_heap()
+        critic_stats = self.critic.fit(reward_B) if self.critic else {}  # after V₋₁ was used
         t_end = time.perf_counter()
 
         self.step = step

@@ -12,6 +12,7 @@ import pytest
 import test_trainer
 import torch
 
+import spo.train.trainer as trainer_module
 from spo.cli import main
 from spo.train import checkpoint as ckpt
 from spo.train.config import load_config
@@ -21,15 +22,7 @@ task_files = test_trainer.task_files  # the fixture, shared
 tiny_overrides = test_trainer.tiny_overrides
 params_of = test_trainer.params_of
 
-CRITIC_KEYS = (
-    "critic/loss",
-    "critic/fit_loss",
-    "critic/value_mean",
-    "time/critic",
-    "var/reward",
-    "var/residual",
-    "var/ratio",
-)
+CRITIC_KEYS = ("critic/loss", "critic/fit_loss", "critic/value_mean", "time/critic")
 
 
 def critic_cfg(tiny_model_dir, task_files, run_dir, **extra):
@@ -67,12 +60,24 @@ def test_head_learns_a_constant_and_a_per_prompt_target_on_policy_features(
 
 
 def test_critic_trains_end_to_end_with_its_metrics_and_checkpoint(
-    tiny_model_dir, task_files, tmp_path
+    tiny_model_dir, task_files, tmp_path, monkeypatch
 ):
     cfg = critic_cfg(tiny_model_dir, task_files, tmp_path / "run")
     trainer = Trainer(cfg)
     before = params_of(trainer.model)
     theta0 = trainer.critic.state_dict()["theta"].copy()
+    # The step metrics (adv/variance, and the var/* keys computed from the record's
+    # baseline) must see the V the advantage used.
+    read, records_seen = [], []
+    critic_read, metrics_of = trainer.critic.read, trainer_module.step_metrics
+    monkeypatch.setattr(
+        trainer.critic, "read", lambda ids: read.append(critic_read(ids)) or read[-1]
+    )
+    monkeypatch.setattr(
+        trainer_module,
+        "step_metrics",
+        lambda rec, *a, **kw: records_seen.append(rec) or metrics_of(rec, *a, **kw),
+    )
     try:
         assert trainer.sampler.mode == "uniform"  # the row's sampler
         last = trainer.run()
@@ -88,8 +93,12 @@ def test_critic_trains_end_to_end_with_its_metrics_and_checkpoint(
         for key in CRITIC_KEYS:
             assert key in r, key
     assert np.isfinite(last["train/loss"]) and np.isfinite(last["critic/loss"])
-    # Var(r − V) is what adv/variance measures for a single-stream baseline
-    assert last["var/residual"] == pytest.approx(last["adv/variance"], rel=1e-5)
+    for value_B, rec, r in zip(read, records_seen, records, strict=True):
+        assert torch.equal(rec.baseline_B, value_B)
+        residual_B = (rec.reward_B - value_B).double()
+        assert r["adv/variance"] == pytest.approx(float(residual_B.var(unbiased=False)), rel=1e-5)
+        assert r["critic/loss"] == pytest.approx(float(residual_B.pow(2).mean()), rel=1e-5)
+        assert r["critic/value_mean"] == pytest.approx(float(value_B.mean()), rel=1e-6)
     state = ckpt.read_state(ckpt.list_checkpoints(tmp_path / "run/checkpoints")[-1])
     for key, value in trainer.critic.state_dict().items():
         assert np.array_equal(np.asarray(state["critic"][key]), np.asarray(value)), key
