@@ -41,34 +41,37 @@ def test_advantage_of_the_critic_row_by_hand():
 def test_value_and_features_by_hand():
     head = ValueHead(2, init_value=0.2)
     torch.testing.assert_close(head.value(torch.randn(5, 2)), torch.full((5,), 0.2))
-    # the first batch sets μ = [2, 2], σ² = [1, 4] (population); the loss reported is that of
+    # the first batch sets σ² = [1, 4] (population variance); the loss reported is that of
     # V before the fit: ((0.2 − 1)² + 0.2²)/2 = 0.34
     stats = head.fit(torch.tensor([[1.0, 0.0], [3.0, 4.0]]), torch.tensor([1.0, 0.0]))
     assert stats["loss"] == pytest.approx(0.34, abs=1e-6)
-    torch.testing.assert_close(head.mean_D, torch.tensor([2.0, 2.0]))
     torch.testing.assert_close(head.var_D, torch.tensor([1.0, 4.0]))
-    # φ([1, −1]) = [(1 − 2)/sqrt(1 + 1e-5), (−1 − 2)/sqrt(4 + 1e-5)]/D, then 1 (D = 2)
-    phi = head.features(torch.tensor([[1.0, -1.0], [3.0, 2.0]]))
-    z = [[-1 / math.sqrt(1.00001), -3 / math.sqrt(4.00001)], [1 / math.sqrt(1.00001), 0.0]]
-    torch.testing.assert_close(
-        phi, torch.tensor([[z[0][0] / 2, z[0][1] / 2, 1.0], [z[1][0] / 2, 0.0, 1.0]])
-    )
+    # batch [[1, −1], [3, 1]]: mean [2, 0]; z = [[−1/sqrt(1 + 1e-5), −1/sqrt(4 + 1e-5)],
+    # [+1/sqrt(1 + 1e-5), +1/sqrt(4 + 1e-5)]]; φ = [z/D, 1] with D = 2
+    batch = torch.tensor([[1.0, -1.0], [3.0, 1.0]])
+    a, c = 1 / math.sqrt(1.00001), 1 / math.sqrt(4.00001)
+    phi = head.features(batch)
+    torch.testing.assert_close(phi, torch.tensor([[-a / 2, -c / 2, 1.0], [a / 2, c / 2, 1.0]]))
     with torch.no_grad():
-        head.theta.copy_(torch.tensor([-0.4, 0.0, 0.3]))
-    # V = clip(θ·φ, 0, 1): 0.3 + 0.4·(1/2)/sqrt(1.00001) ≈ 0.5; 0.3 − 0.2/sqrt(1.00001) ≈ 0.1
-    want = [0.3 - 0.4 * z[0][0] / 2, 0.3 - 0.4 * z[1][0] / 2]
-    torch.testing.assert_close(
-        head.value(torch.tensor([[1.0, -1.0], [3.0, 2.0]])), torch.tensor(want)
-    )
+        head.theta.copy_(torch.tensor([-0.4, 0.2, 0.3]))
+    # V = clip(0.3 + (−0.4·z₁ + 0.2·z₂)/2, 0, 1)
+    want = [0.3 + (0.4 * a - 0.2 * c) / 2, 0.3 - (0.4 * a - 0.2 * c) / 2]
+    torch.testing.assert_close(head.value(batch), torch.tensor(want))
+    # a shift common to the whole batch changes nothing (centred on the batch)
+    torch.testing.assert_close(head.value(batch + 7.0), torch.tensor(want))
     with torch.no_grad():
-        head.theta.copy_(torch.tensor([-8.0, 0.0, 0.3]))  # 0.3 ± 4: clipped to [0, 1]
-    torch.testing.assert_close(
-        head.value(torch.tensor([[1.0, -1.0], [3.0, 2.0]])), torch.tensor([1.0, 0.0])
-    )
-    # a second batch moves the running statistics by momentum 0.1
+        head.theta.copy_(torch.tensor([-8.0, 0.0, 0.3]))  # 0.3 ± 4a: clipped to [0, 1]
+    torch.testing.assert_close(head.value(batch), torch.tensor([1.0, 0.0]))
+    # the second batch counts as much as the first (weight max(0.1, 1/2)) ...
     head.fit(torch.tensor([[0.0, 2.0], [0.0, 2.0]]), torch.tensor([0.0, 0.0]))
-    torch.testing.assert_close(head.mean_D, torch.tensor([1.8, 2.0]))
-    torch.testing.assert_close(head.var_D, torch.tensor([0.9, 3.6]))
+    torch.testing.assert_close(head.var_D, torch.tensor([0.5, 2.0]))
+    # ... and from the 10th on, a new batch weighs momentum = 0.1
+    for _ in range(9):
+        head.fit(torch.tensor([[0.0, 2.0], [0.0, 2.0]]), torch.tensor([0.0, 0.0]))
+    assert head.batches == 11
+    before = head.var_D.clone()
+    head.fit(torch.tensor([[0.0, 0.0], [2.0, 4.0]]), torch.tensor([0.0, 0.0]))  # var [1, 4]
+    torch.testing.assert_close(head.var_D, 0.9 * before + 0.1 * torch.tensor([1.0, 4.0]))
 
 
 def test_head_learns_a_constant():
