@@ -104,7 +104,14 @@ def main(argv: list[str] | None = None) -> None:
         for step in range(1, args.steps + 1):
             for algo, trainer in trainers.items():
                 m = trainer.train_step()
-                keep = (*PHASES, "time/critic", "reward/mean", "completion/length_mean")
+                keep = (
+                    *PHASES,
+                    "time/critic",
+                    "critic/loss",
+                    "critic/value_mean",
+                    "reward/mean",
+                    "completion/length_mean",
+                )
                 rows[algo].append({"step": step, **{k: m[k] for k in keep if k in m}})
                 print(f"{algo} step {step}: {m['time/step']:.2f} s", flush=True)
         critic = trainers["critic"].critic
