@@ -22,9 +22,16 @@ response, no LM head); the head's fit is a (B, D) matmul. Measured side by side 
 bench/critic_cost.py, bench/results/critic_cost.json. The features move with the policy,
 so the head refits every step (Adam state carried over).
 
+What it trades against the tracker: V has no per-prompt memory. Prompts with similar
+features get similar V — it can value a prompt it has never drawn (the tracker gives
+those its prior) and it needs no revisits, but it cannot learn what the policy's
+representation does not show (a prompt-specific quirk), and its fit is a compromise
+across prompts where the tracker's estimate is each prompt's own.
+
 No leakage: V₋₁ is read before `fit` sees the step's rewards, from features computed
-before the policy update. Resume is exact: the head's θ and Adam state are checkpointed
-(`state_dict`), and the features are a deterministic function of the restored weights.
+before the policy update. Resume is exact: the head's θ, feature scale and Adam state are
+checkpointed (`state_dict`), and the features are a deterministic function of the
+restored weights.
 
 Metrics (`fit`): critic/loss (MSE of the V₋₁ the advantage used, before fitting),
 critic/fit_loss (after), critic/value_mean, time/critic (read + fit). The within-batch
@@ -83,7 +90,8 @@ class Critic:
         return h_UD[torch.from_numpy(inv.reshape(-1))]
 
     def values(self, prompt_idx) -> torch.Tensor:
-        """V of these prompts now (current policy and head), (B,) float32."""
+        """V of these prompts read together as one batch (current policy and head), (B,)
+        float32; the features are centred on the batch (`spo.algo.critic`)."""
         return self.head.value(self.hidden(prompt_idx))
 
     def read(self, prompt_idx_B) -> torch.Tensor:
