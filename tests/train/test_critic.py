@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import test_async_trainer
 import test_trainer
 import torch
 
@@ -102,6 +103,23 @@ def test_critic_trains_end_to_end_with_its_metrics_and_checkpoint(
     state = ckpt.read_state(ckpt.list_checkpoints(tmp_path / "run/checkpoints")[-1])
     for key, value in trainer.critic.state_dict().items():
         assert np.array_equal(np.asarray(state["critic"][key]), np.asarray(value)), key
+
+
+def test_critic_trains_with_async_rollouts(tiny_model_dir, task_files, tmp_path):
+    """With the in-flight pool the batch is whatever finished first; the critic reads V for
+    exactly those samples and fits once per step."""
+    cfg = critic_cfg(
+        tiny_model_dir, task_files, tmp_path / "run", steps=3, **test_async_trainer.ASYNC
+    )
+    trainer = Trainer(cfg)
+    try:
+        last = trainer.run()
+    finally:
+        trainer.close()
+    assert trainer.samples_seen == 3 * cfg.samples_per_step
+    assert trainer.critic.head.batches == 3
+    assert trainer.critic.head.state_dict()["adam_step"] == 3 * cfg.critic.updates_per_step
+    assert np.isfinite(last["critic/loss"]) and np.isfinite(last["train/loss"])
 
 
 @pytest.mark.parametrize(
