@@ -15,6 +15,7 @@
 - `best_matmul_s(dtype, m, k, n)`: the fastest of N timed matmuls (the compute bound);
 - `command(script, argv)`: the command line that reproduces a result, for its JSON;
   `write_json(path, obj)`: create the folder and write.
+- `tiny_task(work)`: the tests' tiny random model and fractional-reward task on disk.
 
 Scripts import it as `common` (they run as `python bench/NAME.py`, so `bench/` is first
 on `sys.path`); importing it puts the repository root on `sys.path` too, so `spo` and
@@ -229,6 +230,31 @@ def write_json(path: str | Path, obj, *, indent: int | None = 1, **dumps) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=indent, **dumps) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------- tiny task
+def tiny_task(work: Path, rows: int = 40) -> dict[str, str]:
+    """The tests' tiny random Llama and fractional-reward JSONL task, written under `work`
+    (tests/conftest.py, tests/train/test_trainer.py): {"model_dir", "name", "reward_fn"},
+    the values of model.path, task.name and task.reward_fn."""
+    for folder in (ROOT / "tests", ROOT / "tests" / "train"):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    from conftest import build_tiny_model
+    from test_trainer import REWARD_SRC
+
+    data = work / "data.jsonl"
+    lines = [
+        json.dumps({"prompt": f"Say something about {i} and {i * 7 % 13}.", "answer": str(i)})
+        for i in range(rows)
+    ]
+    data.write_text("".join(line + "\n" for line in lines))
+    (work / "reward.py").write_text(REWARD_SRC)
+    return {
+        "model_dir": str(build_tiny_model(work / "tiny")),
+        "name": str(data),
+        "reward_fn": f"{work / 'reward.py'}:reward",
+    }
 
 
 # --------------------------------------------------------------------------- compute

@@ -19,17 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-REWARD_SRC = '''
-def reward(completion, answer):
-    """Fraction of the first 8 characters that are ASCII letters: fractional, text-driven."""
-    head = completion[:8]
-    return sum(c.isascii() and c.isalpha() for c in head) / 8
-'''
+from common import tiny_task
 
 
 def _trainer_eval(overrides: list[str], *, train_step: bool) -> dict:
@@ -64,22 +57,13 @@ def _library_eval(model_dir: Path, task_kwargs: dict, batch_size: int) -> dict:
 def record() -> dict:
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import build_tiny_model
-
     torch.set_num_threads(1)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = build_tiny_model(tmp / "tiny")
-        data = tmp / "data.jsonl"
-        rows = [
-            {"prompt": f"Say something about {i} and {i * 7 % 13}.", "answer": str(i)}
-            for i in range(40)
-        ]
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp / "reward.py").write_text(REWARD_SRC)
-        task = {"name": str(data), "reward_fn": f"{tmp / 'reward.py'}:reward"}
+        tiny = tiny_task(tmp)
+        model_dir = tiny["model_dir"]
+        task = {"name": tiny["name"], "reward_fn": tiny["reward_fn"]}
         for bs in (64, 8):
             overrides = [
                 f"model.path={model_dir}",

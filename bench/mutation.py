@@ -222,6 +222,28 @@ MUTANTS = [
         "replay store)",
         ("if self.rho.key in state:", "if False:"),
     ),
+    _m(
+        "critic_reads_after_fit",
+        "algo=critic: V is read after the head has fit this step's rewards (leakage)",
+        (
+            "adv_name, baseline_B = self.algo.advantage, self.critic.read(prompt_idx_B)",
+            "self.critic.read(prompt_idx_B); self.critic.fit(reward_B); "
+            "adv_name, baseline_B = self.algo.advantage, self.critic.read(prompt_idx_B)",
+        ),
+    ),
+    _m(
+        "critic_baseline_misaligned",
+        "algo=critic: each sample gets V of its neighbour's prompt",
+        ("self.critic.read(prompt_idx_B)", "self.critic.read(np.roll(prompt_idx_B, 1))"),
+    ),
+    _m(
+        "critic_state_not_restored",
+        "resume ignores the checkpointed value head (θ, feature scale, Adam state)",
+        (
+            "self.critic.load_state_dict(state[self.critic.key])",
+            "state[self.critic.key]",
+        ),
+    ),
     Mutant(
         "one_optimizer_step",
         "optim.updates_per_step ignored: always one optimizer step",

@@ -94,6 +94,13 @@ def lm_head_weight(model) -> Tensor:
     return head.weight
 
 
+def decoder_of(model):
+    """The decoder stack of a causal LM (no LM head): its `last_hidden_state` is what the
+    head reads. Under LoRA (peft) the adapted layers live inside the base model."""
+    base = model.get_base_model() if is_peft(model) else model
+    return getattr(base, base.base_model_prefix)
+
+
 def _cache_kwarg(decoder) -> str:
     """Name of the KV-cache argument: `cache` in newer transformers, else past_key_values."""
     params = inspect.signature(decoder.forward).parameters
@@ -113,6 +120,40 @@ def shared_prefix_len(batch: PackedBatch) -> int:
     ids_BL = batch.input_ids_BL[:, :limit]
     same_L = (ids_BL == ids_BL[:1]).all(0)
     return limit if bool(same_L.all()) else int(same_L.int().argmin())
+
+
+def decoder_hidden(model, batch: PackedBatch, *, share_prefix: bool = True) -> tuple[Tensor, int]:
+    """The decoder's last hidden states over a packed batch and the length C of the prefix
+    every row shares that was run once (0 if none): (B, L − C, D), column j = position j + C.
+
+    share_prefix=False always runs the full sequences (see `completion_logp`)."""
+    decoder = decoder_of(model)
+    device = next(model.parameters()).device
+    ids_BL = batch.input_ids_BL.to(device)
+    C = shared_prefix_len(batch) if share_prefix else 0
+    if C > 0:
+        # Every row starts with the same C tokens (system prompt, chat header): run them
+        # once, repeat their keys/values B times and run only the rest. Exact (a prefix
+        # token attends only to the prefix), and autograd sums the rows' gradients
+        # through the repeat; saves C * (B - 1) token passes forward and backward.
+        out = decoder(input_ids=ids_BL[:1, :C], use_cache=True)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values  # transformers 5.x
+        cache.batch_repeat_interleave(len(batch))
+        hidden_BLD = decoder(
+            input_ids=ids_BL[:, C:], use_cache=True, **{_cache_kwarg(decoder): cache}
+        ).last_hidden_state
+    elif bool((batch.seq_start_B == 0).all()):
+        # Right padding: causal attention never reaches the padding after a sequence, and
+        # positions are 0..L-1, so no mask is needed.
+        hidden_BLD = decoder(input_ids=ids_BL, use_cache=False).last_hidden_state
+    else:
+        hidden_BLD = decoder(
+            input_ids=ids_BL,
+            attention_mask=batch.attention_mask_BL.to(device),
+            position_ids=batch.position_ids_BL.to(device),
+            use_cache=False,
+        ).last_hidden_state
+    return hidden_BLD, C
 
 
 def completion_logp(
@@ -140,32 +181,7 @@ def completion_logp(
     logp_BT = torch.zeros((B, T), dtype=torch.float32, device=device)
     if B == 0 or T == 0:
         return logp_BT
-    base = model.get_base_model() if is_peft(model) else model  # LoRA layers live inside it
-    decoder = getattr(base, base.base_model_prefix)
-    ids_BL = batch.input_ids_BL.to(device)
-    C = shared_prefix_len(batch) if share_prefix else 0
-    if C > 0:
-        # Every row starts with the same C tokens (system prompt, chat header): run them
-        # once, repeat their keys/values B times and run only the rest. Exact (a prefix
-        # token attends only to the prefix), and autograd sums the rows' gradients
-        # through the repeat; saves C * (B - 1) token passes forward and backward.
-        out = decoder(input_ids=ids_BL[:1, :C], use_cache=True)
-        cache = out.cache if hasattr(out, "cache") else out.past_key_values  # transformers 5.x
-        cache.batch_repeat_interleave(B)
-        hidden_BLD = decoder(
-            input_ids=ids_BL[:, C:], use_cache=True, **{_cache_kwarg(decoder): cache}
-        ).last_hidden_state
-    elif bool((batch.seq_start_B == 0).all()):
-        # Right padding: causal attention never reaches the padding after a sequence, and
-        # positions are 0..L-1, so no mask is needed.
-        hidden_BLD = decoder(input_ids=ids_BL, use_cache=False).last_hidden_state
-    else:
-        hidden_BLD = decoder(
-            input_ids=ids_BL,
-            attention_mask=batch.attention_mask_BL.to(device),
-            position_ids=batch.position_ids_BL.to(device),
-            use_cache=False,
-        ).last_hidden_state
+    hidden_BLD, C = decoder_hidden(model, batch, share_prefix=share_prefix)
     mask_BT = batch.completion_mask_BT.to(device) > 0
     b_N, t_N = mask_BT.nonzero(as_tuple=True)
     pos_N = batch.completion_start_B.to(device)[b_N] + t_N - 1 - C

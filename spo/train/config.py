@@ -200,10 +200,25 @@ class TrackerConfig:
 
 
 @dataclass
+class CriticConfig:
+    lr: float = _f(
+        0.02,
+        "algo=critic: Adam learning rate of the value head V(x) = clip(w.phi(x) + b, 0, 1); "
+        "about the most V moves per Adam step",
+    )
+    updates_per_step: int = _f(
+        4, "algo=critic: Adam steps of the value head on each batch's (prompt, reward) pairs"
+    )
+    init_value: float = _f(
+        0.5, "algo=critic: V(x) of every prompt before the first fit, in [0, 1] (as prior_value)"
+    )
+
+
+@dataclass
 class SamplerConfig:
     mode: str = _f(
         "auto",
-        "prompt sampling: auto = the algorithm's own (SPO priority, groups uniform)",
+        "prompt sampling: auto = the algorithm's own (SPO priority; groups and critic uniform)",
         ("auto", "priority", "uniform"),
     )
     eps: float = _f(0.05, "priority floor: w ∝ sqrt(v̂(1-v̂)) + eps")
@@ -334,6 +349,7 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -411,6 +427,8 @@ def validate(cfg: TrainConfig) -> None:
         "cluster.trainer_workers",
         "rollout.vllm.tensor_parallel_size",
         "eval_k",
+        "critic.lr",
+        "critic.updates_per_step",
     ]
     values = {k: v for k, _, v in _walk(cfg)}
     for key in positive:
@@ -455,6 +473,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"tracker.rho_constant must be in (0, 1], got {t.rho_constant}")
     if not 0 <= t.prior_value <= 1 or t.prior_count <= 0:
         raise ConfigError("tracker.prior_value must be in [0, 1] and tracker.prior_count > 0")
+    if not 0 <= cfg.critic.init_value <= 1:
+        raise ConfigError(f"critic.init_value must be in [0, 1], got {cfg.critic.init_value}")
     if t.init == "offline" and not t.offline_path:
         raise ConfigError(
             "tracker.init=offline needs tracker.offline_path=<file from `spo init-values`>"

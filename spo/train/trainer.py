@@ -12,6 +12,8 @@ One step (design.md):
 The algorithm is data (`ALGORITHMS`): GRPO differs from SPO only by responses per prompt,
 advantage function and sampler mode. Fairness is structural: every algorithm generates
 `samples_per_step` responses and takes `optim.updates_per_step` optimizer steps per step.
+`algo=critic` reads its baseline from a learned V(x) instead of the tracker (before the
+update) and fits V after it (`spo.train.critic`).
 
 Resume is lossless: generation is seeded from (seed, step), the sampler RNG, tracker, the
 active ρ estimator's state (drift clock or replay store; `spo.train.forgetting`), optimizer
@@ -54,6 +56,7 @@ from spo.train.config import (
     to_yaml,
     tool_episodes,
 )
+from spo.train.critic import make_critic
 from spo.train.diagnostics import write_diagnostics
 from spo.train.forgetting import make_estimator
 from spo.train.heap import TRIM_EVERY, trim_heap
@@ -153,6 +156,11 @@ class Trainer:
             drift_sample=t.drift_sample,
         )
         self.episodes = tool_episodes(cfg, self.tokenizer)  # None without tool use
+        # algo=critic: a learned V(x) replaces the tracker as baseline (spo.train.critic)
+        self.critic = None
+        if self.algo.critic:
+            pad_id = self.tokenizer.pad_token_id
+            self.critic = make_critic(cfg, self.model, self.prompt_tokens, pad_id)
         self.scheduler = self._build_scheduler()
         self.step = 0
         self.samples_seen = 0
@@ -290,6 +298,7 @@ class Trainer:
             "prompt_ids": np.array([ex.id for ex in self.train_examples]),
             "tracker": self.tracker.state_dict(),
             **({self.rho.key: self.rho.state_dict()} if self.rho.key else {}),
+            **({self.critic.key: self.critic.state_dict()} if self.critic else {}),
             "sampler": self.sampler.state_dict(),
             **({"rollout": self.scheduler.state_dict()} if self.scheduler else {}),
         }
@@ -323,6 +332,8 @@ class Trainer:
             self.tracker.load_state_dict(state["tracker"])
             if self.rho.key in state:  # absent: a run resumed under another tracker.rho
                 self.rho.load_state_dict(state[self.rho.key])
+            if self.critic is not None:
+                self.critic.load_state_dict(state[self.critic.key])
             self.sampler.load_state_dict(state["sampler"])
             if self.scheduler is not None and "rollout" in state:
                 self.scheduler.load_state_dict(state["rollout"])
@@ -378,12 +389,20 @@ class Trainer:
         # Baseline is read BEFORE this step's rewards are absorbed (unbiased gradient).
         if cfg.baseline == "none" and self.algo.without_baseline:
             adv_name, baseline_B = self.algo.without_baseline, torch.zeros_like(reward_B)
+        elif self.critic is not None:  # V₋₁(x): before the policy update and the critic's fit
+            adv_name, baseline_B = self.algo.advantage, self.critic.read(prompt_idx_B)
         else:
             adv_name = self.algo.advantage
             baseline_B = torch.from_numpy(self.spo.baseline(prompt_idx_B).astype(np.float32))
         adv_B = ADVANTAGES[adv_name](reward_B, baseline_B=baseline_B, group_id_B=group_id_B)
-        self._keep_samples(  # v̂ read before the update
-            step, prompt_idx_B, rollouts.texts, reward_B, adv_B, transcripts
+        self._keep_samples(  # v̂ (or V) read before the update
+            step,
+            prompt_idx_B,
+            rollouts.texts,
+            reward_B,
+            adv_B,
+            transcripts,
+            value_B=baseline_B if self.critic else None,
         )
 
         batch = pack(
@@ -404,6 +423,7 @@ class Trainer:
         rho_B = self.spo.observe(prompt_idx_B, reward_B, step=step, **rho_kw)
         if step % TRIM_EVERY == 0:  # freed activations back to the OS (spo.train.heap)
             trim_heap()
+        critic_stats = self.critic.fit(reward_B) if self.critic else {}  # after V₋₁ was used
         t_end = time.perf_counter()
 
         self.step = step
@@ -424,7 +444,7 @@ class Trainer:
             rho_B=rho_B,
             divergence_B=self.spo.last_divergence,
             train_stats=train_stats,
-            extra_stats={**rho_stats, **rollout_stats},
+            extra_stats={**rho_stats, **rollout_stats, **critic_stats},
         )
         return step_metrics(
             record,
@@ -457,13 +477,24 @@ class Trainer:
         print(f"\n{signal.Signals(signum).name}: finishing this step, checkpointing, exiting")
 
     def _keep_samples(
-        self, step: int, prompt_idx_B, texts: list[str], reward_B, adv_B, transcripts=None
+        self,
+        step: int,
+        prompt_idx_B,
+        texts: list[str],
+        reward_B,
+        adv_B,
+        transcripts=None,
+        value_B=None,
     ) -> None:
         """samples.jsonl rows of this step at evenly spaced batch positions, with v̂ read
-        now (before the tracker absorbs this step); written once the step is logged.
-        `transcripts`: multi-turn episodes' turns and tool messages, per sample (or None)."""
+        now (before the tracker absorbs this step), or the given `value_B` (the critic's
+        V₋₁); written once the step is logged. `transcripts`: multi-turn episodes' turns
+        and tool messages, per sample (or None)."""
         rows = sample_positions(len(texts), self.cfg.log.samples_per_step)
-        value_R = self.spo.baseline(np.asarray(prompt_idx_B)[rows]) if rows else []
+        if value_B is not None:
+            value_R = [float(value_B[i]) for i in rows]
+        else:
+            value_R = self.spo.baseline(np.asarray(prompt_idx_B)[rows]) if rows else []
         self._samples = [
             sample_row(
                 step,

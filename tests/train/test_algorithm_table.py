@@ -72,7 +72,7 @@ def test_a_new_row_and_registry_entry_is_a_new_algorithm(
     # the study code asks the table, not the name
     assert grouped({"algo": "half_grpo"})
     assert variance_key({"algo": "half_grpo"}) == "adv/variance_nondegenerate"
-    assert "{spo|grpo|rloo|dr_grpo|half_grpo}" in help_text()
+    assert "{spo|grpo|rloo|dr_grpo|critic|half_grpo}" in help_text()
 
 
 def test_config_validates_algo_against_the_table(half_grpo, tiny_model_dir, task_files, tmp_path):
@@ -114,5 +114,5 @@ def test_algorithm_rows_are_checked():
         Algorithm(advantage="spo", grouped=False, sampler="greedy")
     with pytest.raises(ValueError, match="without_baseline needs tracker_baseline"):
         Algorithm(advantage="grpo", grouped=True, sampler="uniform", without_baseline="none")
-    with pytest.raises(ValueError, match="unknown algorithm 'nope'; valid: dr_grpo, grpo"):
+    with pytest.raises(ValueError, match="unknown algorithm 'nope'; valid: critic, dr_grpo, grpo"):
         ALGORITHMS["nope"]

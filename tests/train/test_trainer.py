@@ -72,7 +72,7 @@ def params_of(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().clone() for k, v in model.named_parameters()}
 
 
-@pytest.mark.parametrize("algo", ["spo", "grpo", "rloo", "dr_grpo"])
+@pytest.mark.parametrize("algo", ["spo", "grpo", "rloo", "dr_grpo", "critic"])
 def test_algorithms_train_a_few_steps(tiny_model_dir, task_files, tmp_path, algo):
     cfg = load_config(None, tiny_overrides(tiny_model_dir, task_files, tmp_path / "run", algo=algo))
     trainer = Trainer(cfg)
@@ -132,8 +132,10 @@ def run_collecting_ids(cfg) -> tuple[Trainer, list[list[int]]]:
     return trainer, drawn
 
 
-@pytest.mark.parametrize("rho", ["drift", "replay"])
-def test_resume_is_lossless(tiny_model_dir, task_files, tmp_path, rho):
+@pytest.mark.parametrize(
+    ("algo", "rho"), [("spo", "drift"), ("spo", "replay"), ("critic", "drift")]
+)
+def test_resume_is_lossless(tiny_model_dir, task_files, tmp_path, algo, rho):
     def cfg(run, steps, resume=False):
         return load_config(
             None,
@@ -141,6 +143,7 @@ def test_resume_is_lossless(tiny_model_dir, task_files, tmp_path, rho):
                 tiny_model_dir,
                 task_files,
                 tmp_path / run,
+                algo=algo,
                 steps=steps,
                 resume=resume,
                 **{"tracker.rho": rho, "optim.updates_per_step": 2},
@@ -151,9 +154,12 @@ def test_resume_is_lossless(tiny_model_dir, task_files, tmp_path, rho):
     _, ids_first = run_collecting_ids(cfg("b", 2))
     resumed, ids_rest = run_collecting_ids(cfg("b", 5, resume=True))
     assert ids_first + ids_rest == ids_straight
-    for key, value in straight.tracker.state_dict().items():
-        other = resumed.tracker.state_dict()[key]
-        assert np.array_equal(np.asarray(value), np.asarray(other)), key
+    states = [(straight.tracker.state_dict(), resumed.tracker.state_dict())]
+    if algo == "critic":  # the value head: θ, Adam moments, running feature statistics
+        states.append((straight.critic.state_dict(), resumed.critic.state_dict()))
+    for state, other in states:
+        for key, value in state.items():
+            assert np.array_equal(np.asarray(value), np.asarray(other[key])), key
     a, b = params_of(straight.model), params_of(resumed.model)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)

@@ -14,7 +14,10 @@ before the step:
                   policy update
 
 The tracker starts from random values (not the flat prior), so a baseline read from the
-wrong place, at the wrong time or for the wrong sample changes the advantage.
+wrong place, at the wrong time or for the wrong sample changes the advantage. For
+`algo=critic` the baseline is the learned V instead: its head starts random too, and the
+expected V of the drawn batch comes from the head's state and the policy's prompt features
+as they were before the step.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import spo.policy.models
 import spo.train.update as update_module
 from spo.algo import ADVANTAGES
 from spo.algo.algorithms import ALGORITHMS
+from spo.algo.critic import ValueHead
 from spo.algo.values import write_values
 from spo.train.config import load_config
 from spo.train.trainer import Trainer
@@ -184,6 +188,26 @@ def run_steps(trainer: Trainer, monkeypatch, steps: int = 1) -> StepSpy:
     return spy
 
 
+def randomise_critic(trainer: Trainer, seed: int = 2):
+    """A random value head (algo=critic, with running variance); returns ids_B -> the V a
+    batch of these prompts gets from the head and the policy as they are now."""
+    head = trainer.critic.head
+    gen = torch.Generator().manual_seed(seed)
+    ids = np.arange(len(trainer.train_examples))
+    hidden_PD = trainer.critic.hidden(ids)
+    head.fit(hidden_PD, torch.rand(len(ids), generator=gen))  # a non-trivial scale σ²
+    with torch.no_grad():
+        head.theta.copy_(0.5 + 0.3 * torch.randn(head.theta.shape, generator=gen))
+    state = {k: np.array(v) for k, v in head.state_dict().items()}
+
+    def value_of(ids_B) -> torch.Tensor:
+        before = ValueHead(head.dim)
+        before.load_state_dict(state)
+        return before.value(hidden_PD[torch.from_numpy(np.asarray(ids_B))])
+
+    return value_of
+
+
 def run_one_step(trainer: Trainer, monkeypatch) -> tuple[StepSpy, np.ndarray]:
     """One spied step from a randomised tracker; returns the spy and v̂ before the step."""
     v_before = randomise_tracker(trainer)
@@ -200,6 +224,7 @@ def test_advantage_is_the_registry_function_of_this_steps_rewards_and_pre_update
     algo,
 ):
     trainer = make_trainer(tiny_model_dir, task_files, tmp_path / "run", algo=algo, steps=1)
+    critic_value_of = randomise_critic(trainer) if trainer.critic is not None else None
     spy, v_before = run_one_step(trainer, monkeypatch)
 
     ids_B = spy.prompt_index()
@@ -210,6 +235,8 @@ def test_advantage_is_the_registry_function_of_this_steps_rewards_and_pre_update
     # The loss trains on the registry's advantage of (rewards, pre-update v̂ of each sample).
     reward = torch.from_numpy(reward_B.astype(np.float32))
     baseline = torch.from_numpy(v_before[ids_B].astype(np.float32))
+    if critic_value_of is not None:  # algo=critic: V of this batch before the step
+        baseline = critic_value_of(ids_B)
     want = ADVANTAGES[ALGORITHMS[algo].advantage](
         reward, baseline_B=baseline, group_id_B=expected_groups(spy, trainer)
     )
