@@ -39,6 +39,7 @@ def calibrate(
     reward_pool,
     seed: int = 0,
     batch_size: int = 64,
+    episodes=None,
 ) -> dict:
     """Tracker v̂ of a checkpoint `state` vs a fresh pass rate of `model` on training prompts.
 
@@ -46,7 +47,8 @@ def calibrate(
     (all prompts if none), samples `samples` responses each at the rollout settings with
     `policy` (an engine or a model, as in `spo.eval.generate_samples`), and returns
     `spo.train.diagnostics.calibration(v̂, rewards, reference=mean v̂ over the pool)` plus
-    the step, the prompt ids, v̂, fresh rates and every fresh reward.
+    the step, the prompt ids, v̂, fresh rates and every fresh reward. With tool use
+    (`episodes`) every fresh sample is a whole episode, as in training.
     """
     from spo.train.checkpoint import CheckpointError
     from spo.train.diagnostics import calibration, tracker_arrays
@@ -78,6 +80,7 @@ def calibrate(
         system_prompt=system_prompt,
         fewshot=fewshot,
         reward_pool=reward_pool,
+        episodes=episodes,
         seed=seed + 1,
         greedy=False,
         batch_size=batch_size,
@@ -378,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
                 item["path"], dtype=cfg.model.dtype, device=cfg.model.device
             )
             engine = engines.sampling_from(model, tokenizer)
+            settings["episodes"] = tool_episodes(cfg, tokenizer)  # tool use: whole episodes
             metrics = evaluate_examples(
                 engine,
                 tokenizer,
@@ -386,7 +390,6 @@ def run(args: argparse.Namespace) -> int:
                 k=args.k,
                 reward_pool=pool,
                 greedy=not args.no_greedy,
-                episodes=tool_episodes(cfg, tokenizer),
                 **settings,
             )
             state = item.pop("state", None)
