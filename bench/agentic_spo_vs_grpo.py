@@ -118,7 +118,7 @@ def summarize_run(arm: str, seed: int, run_dir: Path, cfg, elapsed: float) -> di
     train = [r for r in rows if "reward/mean" in r]
     evals = [
         {"samples": r["samples"], "wall_seconds": r["wall_seconds"]}
-        | {k[5:]: v for k, v in r.items() if k.startswith("eval/")}
+        | {k[5:]: v for k, v in r.items() if k.startswith("eval/") and "=" not in k}
         for r in rows
         if any(k.startswith("eval/") for k in r)
     ]
@@ -177,10 +177,14 @@ def _t_interval(values: list[float], scale: float = 100.0, digits: int = 1) -> s
     return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
 
 
-def _paired(runs: list[dict], a: str, b: str, value) -> list[float]:
+def _paired_runs(runs: list[dict], a: str, b: str) -> list[tuple[dict, dict]]:
     by = {(r["arm"], r["seed"]): r for r in runs}
     seeds = sorted({s for arm, s in by if arm == a} & {s for arm, s in by if arm == b})
-    return [value(by[(a, s)]) - value(by[(b, s)]) for s in seeds]
+    return [(by[(a, s)], by[(b, s)]) for s in seeds]
+
+
+def _paired(runs: list[dict], a: str, b: str, value) -> list[float]:
+    return [value(ra) - value(rb) for ra, rb in _paired_runs(runs, a, b)]
 
 
 def _at_wall(run: dict, key: str, wall: float) -> float | None:
@@ -247,25 +251,28 @@ def report(data: dict) -> str:
             continue
         end_k = _paired(runs, a, b, lambda r: r["eval"][-1][k])
         sps = _paired(runs, a, b, lambda r: math.log(r["samples_per_s"]))
-        wall_b = {r["seed"]: r["train_wall_s"] for r in runs if r["arm"] == b}
-        at_wall = [
-            _at_wall(r, k, wall_b[r["seed"]] * 0.5)
-            for r in runs
-            if r["arm"] == a and r["seed"] in wall_b
-        ]
+        both = _paired_runs(runs, a, b)
         lines.append(
             f"- {LABELS[a]} − {LABELS[b]} (n = {len(end_g)}), at equal samples: greedy "
             f"{_t_interval(end_g)} pp, {k} {_t_interval(end_k)} pp; samples/s ratio "
             f"{LABELS[a]}/{LABELS[b]}: "
             + ", ".join(f"{math.exp(x):.2f}" for x in sps)
-            + f" (geometric mean {math.exp(statistics.mean(sps)):.2f}).",
+            + f" (geometric mean {math.exp(statistics.mean(sps)):.2f})."
         )
-        if any(x is not None for x in at_wall):
-            lines.append(
-                f"  - {LABELS[a]}'s {k} at half of {LABELS[b]}'s training wall-clock: "
-                + ", ".join("–" if x is None else f"{100 * x:.1f}" for x in at_wall)
-                + " (per seed)."
+        at_wall = []
+        for ra, rb in both:  # the last eval of each at or before the shorter run's end
+            wall = min(ra["train_wall_s"], rb["train_wall_s"])
+            at_wall.append((_at_wall(ra, k, wall), _at_wall(rb, k, wall), wall))
+        lines.append(
+            f"  - {k} at equal training wall-clock (each arm's last eval at or before the "
+            "shorter run's end), per seed: "
+            + "; ".join(
+                f"{'–' if x is None else f'{100 * x:.1f}'} vs "
+                f"{'–' if y is None else f'{100 * y:.1f}'} at {w / 60:.1f} min"
+                for x, y, w in at_wall
             )
+            + "."
+        )
     lines += ["", "## Held-out accuracy with the tool vs samples and wall-clock", ""]
     lines.append(f"| arm | seed | samples | training s | greedy | {k} |")
     lines.append("|---|---|---|---|---|---|")

@@ -9,8 +9,10 @@ together, a write into a preallocated `(B, H_kv, S_max, d)` cache, attention as 
 batched matmuls over the whole (contiguous) cache with an additive mask for padding and
 not-yet-written columns, one fused gate/up matmul. On CPU every bf16 weight is reordered
 once into oneDNN's blocked layout (`_Linear`: -20% decode time, same tokens). Finished
-rows can be dropped from the batch (`keep`). The weights are read from the model when the
-decoder is built (once per `generate` call), so training updates are always seen.
+rows can be dropped from the batch (`keep`). Prefill attends in query chunks of at most
+`SCORES_BUDGET` scores, so long contexts do not need a (B, H, L, L) score tensor. The
+weights are read from the model when the decoder is built (once per `generate` call), so
+training updates are always seen.
 
 The maths is the model's own (same RMSNorm, RoPE tables from the model's rotary module,
 GQA, SiLU MLP, tied or untied head), so log-probs agree with `completion_logp` up to bf16
@@ -24,6 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SUPPORTED = ("llama", "qwen2", "qwen3")
+# Prefill attention scores held at once (fp32 elements, 2**26 = 256 MiB): a batch of long
+# contexts (multi-turn episodes with tool output) attends in query chunks that fit, so
+# memory grows with the context length, not with its square. Short prompts: one chunk.
+SCORES_BUDGET = 2**26
 
 
 def unsupported_reason(model) -> str | None:
@@ -212,7 +218,7 @@ class LlamaDecoder:
         attending causally to themselves and to all columns before `start`; writes their
         keys/values into the cache and returns the final hidden states (B, L, D)."""
         B, L = ids_BL.shape
-        H, Hkv, d = self.n_heads, self.n_kv, self.head_dim
+        H, d = self.n_heads, self.head_dim
         end = start + L
         cos, sin = self.cos_SD[start:end], self.sin_SD[start:end]
         allowed_LS = torch.ones(L, end, dtype=torch.bool, device=self.device).tril(start)
@@ -224,13 +230,26 @@ class LlamaDecoder:
             self.k_cache[i][:, :, start:end] = _rope(k.transpose(1, 2), cos, sin)
             self.v_cache[i][:, :, start:end] = v.transpose(1, 2)
             keys, values = self.k_cache[i][:B, :, :end], self.v_cache[i][:B, :, :end]
-            q = q.reshape(B, Hkv, (H // Hkv) * L, d)
-            scores = torch.matmul(q, keys.transpose(-1, -2)).view(B, Hkv, H // Hkv, L, end)
-            probs = torch.softmax(scores * self.scaling + bias_LS, dim=-1).to(self.dtype)
-            o = torch.matmul(probs.view(B, Hkv, -1, end), values)  # (B, Hkv, G * L, d)
-            o = o.view(B, H, L, d).transpose(1, 2).reshape(B, L, H * d)
-            h_BLD = self._finish(layer, h_BLD, o)
+            chunk = max(1, SCORES_BUDGET // (B * H * end))  # queries per attention pass
+            parts = [
+                self._attend(q[:, :, a : a + chunk], keys, values, bias_LS[a : a + chunk])
+                for a in range(0, L, chunk)
+            ]
+            o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (B, H, L, d)
+            h_BLD = self._finish(layer, h_BLD, o.transpose(1, 2).reshape(B, L, H * d))
         return h_BLD
+
+    def _attend(self, q_BHLd: Tensor, keys: Tensor, values: Tensor, bias_LS: Tensor) -> Tensor:
+        """Attention of L queries (B, H, L, d) over the cache columns (B, Hkv, S, d) with an
+        additive bias (L, S); (B, H, L, d). GQA: the G = H / Hkv query heads of a key head
+        are one matmul."""
+        B, H, L, d = q_BHLd.shape
+        Hkv, S = keys.shape[1], keys.shape[2]
+        q = q_BHLd.reshape(B, Hkv, (H // Hkv) * L, d)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).view(B, Hkv, H // Hkv, L, S)
+        probs = torch.softmax(scores * self.scaling + bias_LS, dim=-1).to(self.dtype)
+        o = torch.matmul(probs.view(B, Hkv, -1, S), values)  # (B, Hkv, G * L, d)
+        return o.view(B, H, L, d)
 
     def _qkv(self, layer: _Layer, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         H, Hkv, d = self.n_heads, self.n_kv, self.head_dim

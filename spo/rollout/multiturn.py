@@ -352,12 +352,22 @@ def sample_texts(
 
 
 def python_episodes(
-    tokenizer, *, max_turns: int, tool_role: str, tool_timeout: float, workers: int
+    tokenizer,
+    *,
+    max_turns: int,
+    tool_role: str,
+    tool_timeout: float,
+    workers: int,
+    output_chars: int = 2048,
 ) -> tuple[PythonTool, ToolMessages, Episodes]:
     """The sandboxed ```python tool of a run: its env, its tool messages and `Episodes`
-    (evaluation). Raises `spo.tools.sandbox.SandboxError` when the sandbox cannot be set
-    up and ValueError when the chat template cannot hold tool messages."""
-    env = PythonTool(ToolRunner(max_turns, tool_role=tool_role, timeout_s=tool_timeout))
+    (evaluation); each tool message is clipped to `output_chars` characters. Raises
+    `spo.tools.sandbox.SandboxError` when the sandbox cannot be set up and ValueError when
+    the chat template cannot hold tool messages."""
+    runner = ToolRunner(
+        max_turns, tool_role=tool_role, timeout_s=tool_timeout, max_output_chars=output_chars
+    )
+    env = PythonTool(runner)
     messages = ToolMessages(tokenizer, role=tool_role)
     # the backstop: the sandbox itself kills a call at tool_timeout
     return env, messages, Episodes(env, messages, max_turns, tool_timeout + 30.0, workers)

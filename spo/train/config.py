@@ -166,6 +166,9 @@ class RolloutConfig:
     tool_timeout: float = _f(5.0, "wall-clock seconds per sandboxed tool call")
     tool_workers: int = _f(4, "tool calls run concurrently (threads driving sandbox processes)")
     tool_role: str = _f("tool", "chat role of tool messages (some templates want user)")
+    tool_output_chars: int = _f(
+        2048, "clip of each tool message (characters, head and tail kept): bounds the context"
+    )
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
@@ -419,6 +422,7 @@ def validate(cfg: TrainConfig) -> None:
         "rollout.max_turns",
         "rollout.tool_timeout",
         "rollout.tool_workers",
+        "rollout.tool_output_chars",
         "optim.updates_per_step",
         "optim.micro_batch_size",
         "checkpoint_every",
@@ -581,6 +585,7 @@ def tool_episodes(cfg: TrainConfig, tokenizer):
             tool_role=r.tool_role,
             tool_timeout=r.tool_timeout,
             workers=r.tool_workers,
+            output_chars=r.tool_output_chars,
         )[2]
     except (SandboxError, ValueError) as e:
         raise TrainError(f"cannot run tool calls: {e}") from None

@@ -116,3 +116,33 @@ def test_fast_engine_equals_reference_engine(tiny_model_dir):
     assert fast.completion_ids[6:] == fast.completion_ids[:2]
     for a, b in zip(fast.logp, ref.logp, strict=True):
         assert torch.allclose(a, b, atol=1e-2)
+
+
+def test_prefill_in_query_chunks_equals_one_pass(monkeypatch):
+    """Long contexts attend in query chunks (SCORES_BUDGET): the same logits and cache as
+    one pass, with at most the budget of scores per chunk (a (B, H, L, L) tensor of long
+    multi-turn contexts does not fit in memory)."""
+    import spo.rollout.llama as llama
+
+    model = tiny("llama")
+    prompts = [list(range(3, 40)), list(range(5, 30)), list(range(3, 35))]
+    one = LlamaDecoder(model, max_len=45)
+    with torch.no_grad():
+        want = one.prefill(prompts)
+    sizes = []
+    real = LlamaDecoder._attend
+
+    def spy(self, q, keys, values, bias):
+        sizes.append(q.shape[0] * q.shape[1] * q.shape[2] * keys.shape[2])
+        return real(self, q, keys, values, bias)
+
+    monkeypatch.setattr(llama, "SCORES_BUDGET", 3 * 4 * 5 * 40)  # ~5 queries per chunk
+    monkeypatch.setattr(LlamaDecoder, "_attend", spy)
+    chunked = LlamaDecoder(model, max_len=45)
+    with torch.no_grad():
+        got = chunked.prefill(prompts)
+    assert len(sizes) > 2 * len(chunked.layers)  # really chunked
+    assert max(sizes) <= llama.SCORES_BUDGET
+    assert torch.allclose(got, want, atol=1e-5)
+    for k1, k2 in zip(one.k_cache, chunked.k_cache, strict=True):
+        assert torch.equal(k1, k2)

@@ -482,3 +482,19 @@ def test_evaluation_runs_tool_episodes_with_the_real_sandbox(tiny_model_dir, tas
         code, tool, final = r["transcript"]
         assert "```python" in code["content"] and tool["outcome"] == "ok"
         assert r["completion"] == final["content"]
+
+
+def test_tool_output_clip_reaches_the_runner_and_is_validated(tiny_model_dir, tmp_path):
+    """rollout.tool_output_chars bounds every tool message (and so the context a long
+    print() can build); 0 is a one-line config error."""
+    from transformers import AutoTokenizer
+
+    from spo.train.config import ConfigError, tool_episodes
+
+    base = [f"model.path={tiny_model_dir}", "task.name=arithmetic_tool", "rollout.max_turns=2"]
+    cfg = load_config(None, [*base, "rollout.tool_output_chars=100"])
+    episodes = tool_episodes(cfg, AutoTokenizer.from_pretrained(tiny_model_dir))
+    assert episodes.env.runner.max_output_chars == 100
+    assert tool_episodes(load_config(None, base[:2]), None) is None  # no tool, no sandbox
+    with pytest.raises(ConfigError, match=r"rollout\.tool_output_chars must be > 0"):
+        load_config(None, [*base, "rollout.tool_output_chars=0"])
