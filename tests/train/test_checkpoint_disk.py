@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,7 @@ def test_full_metrics_file_is_one_line(tiny_model_dir, task_files, tmp_path, cap
 def _can_mount() -> bool:
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
-    probe = Path("/tmp/spo-tmpfs-probe")
-    probe.mkdir(exist_ok=True)
+    probe = Path(tempfile.mkdtemp(prefix="spo-tmpfs-probe-"))  # one per xdist worker
     ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)]).returncode
     if ok == 0:
         subprocess.run(["umount", str(probe)], check=True)
