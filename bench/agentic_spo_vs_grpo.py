@@ -41,20 +41,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, load_avgs, machine
+from common import ROOT, load_avgs, machine, regenerate, spread, t_interval
 
 CONFIG = ROOT / "configs" / "demo-agentic.yaml"
 OUT = ROOT / "docs" / "results" / "agentic_spo_vs_grpo.json"
 REPORT = ROOT / "docs" / "results" / "agentic_spo_vs_grpo.md"
-NOTES = "<!-- notes: text below this line is kept when the table is regenerated -->"
 ARMS = {
     "async_spo": ["algo=spo", "rollout.mode=async"],
     "sync_grpo": ["algo=grpo", "rollout.mode=sync"],
     "async_grpo": ["algo=grpo", "rollout.mode=async"],
 }
 LABELS = {"async_spo": "async SPO", "sync_grpo": "sync GRPO", "async_grpo": "async GRPO"}
-# two-sided 97.5% quantiles of Student's t, by degrees of freedom
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 class DelayedTool:
@@ -158,22 +155,13 @@ def summarize_run(arm: str, seed: int, run_dir: Path, cfg, elapsed: float) -> di
 
 
 # ----------------------------------------------------------------------------- report
-def _fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    v = [x * scale for x in values if x is not None]
-    if not v:
-        return "–"
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    mean, std = statistics.mean(v), statistics.stdev(v)
-    return f"{mean:.{digits}f} ± {std:.{digits}f} [{min(v):.{digits}f}–{max(v):.{digits}f}]"
+_fmt = spread
 
 
 def _t_interval(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    v = [x * scale for x in values]
-    if len(v) < 2:
+    if len(values) < 2:
         return "–"
-    half = T975.get(len(v) - 1, 1.96) * statistics.stdev(v) / len(v) ** 0.5
-    mean = statistics.mean(v)
+    mean, half = t_interval(values, scale)
     return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
 
 
@@ -286,10 +274,7 @@ def report(data: dict) -> str:
 
 
 def write_report(data: dict) -> None:
-    notes = ""
-    if REPORT.is_file() and NOTES in REPORT.read_text():
-        notes = REPORT.read_text().split(NOTES, 1)[1]
-    REPORT.write_text(report(data) + "\n" + NOTES + notes)
+    regenerate(REPORT, report(data))
 
 
 def main(argv=None) -> int:

@@ -15,6 +15,10 @@
 - `best_matmul_s(dtype, m, k, n)`: the fastest of N timed matmuls (the compute bound);
 - `command(script, argv)`: the command line that reproduces a result, for its JSON;
   `write_json(path, obj)`: create the folder and write.
+- results over seeds: `spread(values)` ("mean ± std [min–max]", one value as itself),
+  `t_interval(values)` (mean and half-width of the 95% Student-t interval of a mean),
+  `regenerate(path, text)` (rewrite a generated markdown page, keeping the hand-written
+  notes after its `NOTES` marker).
 - `tiny_task(work)`: the tests' tiny random model and fractional-reward task on disk.
 
 Scripts import it as `common` (they run as `python bench/NAME.py`, so `bench/` is first
@@ -275,3 +279,37 @@ def best_matmul_s(dtype, m: int, k: int, n: int, *, reps: int = 10, warmup: int 
         a @ b
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+# two-sided 97.5% quantiles of Student's t, by degrees of freedom (1.96 beyond 9)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+NOTES = "<!-- notes: text below this line is kept when the table is regenerated -->"
+
+
+def spread(values, scale: float = 100.0, digits: int = 1) -> str:
+    """mean ± std [min–max] of `values` × scale (None skipped); one value: itself; none: –."""
+    import statistics
+
+    v = [x * scale for x in values if x is not None]
+    if not v:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    mean, std = statistics.mean(v), statistics.stdev(v)
+    return f"{mean:.{digits}f} ± {std:.{digits}f} [{min(v):.{digits}f}–{max(v):.{digits}f}]"
+
+
+def t_interval(values, scale: float = 100.0) -> tuple[float, float]:
+    """(mean, half-width) of the 95% t-interval of the mean of `values` × scale (n >= 2)."""
+    import statistics
+
+    v = [x * scale for x in values]
+    return statistics.mean(v), T975.get(len(v) - 1, 1.96) * statistics.stdev(v) / len(v) ** 0.5
+
+
+def regenerate(path: Path, text: str) -> None:
+    """Write a generated page; what follows the NOTES marker in the old page is kept."""
+    notes = ""
+    if path.is_file() and NOTES in path.read_text():
+        notes = path.read_text().split(NOTES, 1)[1]
+    path.write_text(text + "\n" + NOTES + notes)

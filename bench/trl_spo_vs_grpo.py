@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, load_avgs, machine
+from common import ROOT, load_avgs, machine, regenerate, spread, t_interval
 
 OUT = ROOT / "docs" / "results" / "trl_spo_vs_grpo.json"
 REPORT = ROOT / "docs" / "results" / "trl_spo_vs_grpo.md"
@@ -48,7 +48,6 @@ SETTINGS = {
     "eval_k": 4,
 }
 ARMS = ("grpo", "spo")
-NOTES = "<!-- notes: text below this line is kept when the table is regenerated -->"
 
 
 def _task():
@@ -182,24 +181,13 @@ def run_arm(arm: str, seed: int, steps: int, before: dict | None = None) -> dict
     return result
 
 
-# two-sided 97.5% quantiles of Student's t, by degrees of freedom
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
 def _t_interval(values: list[float], scale: float = 100.0) -> str:
-    """mean ± t·s/√n as [lo, hi]: the 95% interval of a mean of n paired differences."""
-    v = [x * scale for x in values]
-    half = T975.get(len(v) - 1, 1.96) * statistics.stdev(v) / len(v) ** 0.5
-    mean = statistics.mean(v)
+    """[lo, hi]: the 95% interval of a mean of n paired differences."""
+    mean, half = t_interval(values, scale)
     return f"[{mean - half:.1f}, {mean + half:.1f}]"
 
 
-def _fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    v = [x * scale for x in values]
-    if len(v) == 1:
-        return f"{v[0]:.{digits}f}"
-    mean, std = statistics.mean(v), statistics.stdev(v)
-    return f"{mean:.{digits}f} ± {std:.{digits}f} [{min(v):.{digits}f}–{max(v):.{digits}f}]"
+_fmt = spread
 
 
 def report(data: dict) -> str:
@@ -270,11 +258,7 @@ def report(data: dict) -> str:
 
 
 def write_report(data: dict) -> None:
-    """Regenerate the table; hand-written notes after the NOTES marker are kept."""
-    notes = ""
-    if REPORT.is_file() and NOTES in REPORT.read_text():
-        notes = REPORT.read_text().split(NOTES, 1)[1]
-    REPORT.write_text(report(data) + "\n" + NOTES + notes)
+    regenerate(REPORT, report(data))
 
 
 def _merged_machine(paths: list[Path]) -> str | None:
@@ -315,18 +299,20 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     SETTINGS["eval_prompts"] = args.eval_prompts
     data = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
-    m = machine("platform", "cpu_count", "torch")
-    data.update(
-        command="bash bench/trl_spo_vs_grpo.sh"
-        if args.merge
-        else "python bench/trl_spo_vs_grpo.py "
-        f"--seeds {args.seeds} --steps {args.steps} --threads {args.threads} "
-        f"--eval-prompts {args.eval_prompts}",
-        trl=trl.__version__,
-        machine=_merged_machine(args.merge)
-        or f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, {args.threads} threads",
-        settings=SETTINGS,
-    )
+    if not args.report:  # --report regenerates the page of the runs as they were made
+        m = machine("platform", "cpu_count", "torch")
+        data.update(
+            command="bash bench/trl_spo_vs_grpo.sh"
+            if args.merge
+            else "python bench/trl_spo_vs_grpo.py "
+            f"--seeds {args.seeds} --steps {args.steps} --threads {args.threads} "
+            f"--eval-prompts {args.eval_prompts}",
+            trl=trl.__version__,
+            machine=_merged_machine(args.merge)
+            or f"{m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
+            f"{args.threads} threads",
+            settings=SETTINGS,
+        )
     for extra in args.merge:  # a run already present (same arm, seed, steps) is not added twice
         have = {(r["arm"], r["seed"], r["steps"]) for r in data["runs"]}
         data["runs"] += [

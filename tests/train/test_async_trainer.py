@@ -234,6 +234,45 @@ def tool_turns_of_episode(trainer, context: str) -> int:
     return context.count(TOOL_TURN) - prefix
 
 
+def needs_sandbox() -> None:
+    from spo.tools.sandbox import available_isolation
+
+    if all(reason is not None for reason in available_isolation().values()):
+        pytest.skip(f"no isolated sandbox level works here: {available_isolation()}")
+
+
+def tool_trainer(tiny_model_dir, task_files, run, **extra) -> Trainer:
+    """arithmetic_tool, 3 turns, the real sandbox, on the tiny model."""
+    tool = {
+        "task.name": "arithmetic_tool",
+        "task.reward_fn": None,
+        "rollout.max_turns": 3,
+        "rollout.tool_timeout": 10,
+    }
+    return Trainer(
+        load_config(None, tiny_overrides(tiny_model_dir, task_files, run, **tool, **extra))
+    )
+
+
+def even_answers(trainer, preamble: str = ""):
+    """A forced episode: turn 1 runs the question's expression, turn 2 answers with the
+    tool's output when it is even and with output + 1 when odd (so exactly the even answers
+    score 1)."""
+    import re
+
+    def write(ctx: str) -> str | None:
+        calls = tool_turns_of_episode(trainer, ctx)
+        if calls == 0:
+            expression = re.findall(r"What is ([^?]+)\?", ctx)[-1]
+            return f"{preamble}```python\nprint({expression})\n```"
+        if calls == 1:
+            out = int(ctx.rsplit(TOOL_TURN, 1)[1].split("<|im_end|>")[0])
+            return str(out if out % 2 == 0 else out + 1)
+        return None
+
+    return write
+
+
 def test_tool_task_trains_with_masked_tool_tokens(
     tiny_model_dir, task_files, tmp_path, monkeypatch
 ):
@@ -314,38 +353,13 @@ def test_tool_episode_scores_and_trains_end_to_end_with_fewshot_prefix(
     output as the model saw it, the weights move, and the few-shot prefix sits in the
     prompt tokens, outside the trained completion mask."""
     import json
-    import re
 
-    from spo.tools.sandbox import available_isolation
-
-    if all(reason is not None for reason in available_isolation().values()):
-        pytest.skip(f"no isolated sandbox level works here: {available_isolation()}")
+    needs_sandbox()
     run = tmp_path / "run"
-    overrides = tiny_overrides(
-        tiny_model_dir,
-        task_files,
-        run,
-        **{
-            **ASYNC,
-            "task.name": "arithmetic_tool",
-            "task.reward_fn": None,
-            "rollout.max_turns": 3,
-            "rollout.tool_timeout": 10,
-            "steps": 2,
-            "log.samples_per_step": 2,
-        },
+    trainer = tool_trainer(
+        tiny_model_dir, task_files, run, **ASYNC, steps=2, **{"log.samples_per_step": 2}
     )
-    trainer = Trainer(load_config(None, overrides))
-
-    def write(ctx: str) -> str | None:
-        calls = tool_turns_of_episode(trainer, ctx)
-        if calls == 0:
-            expression = re.findall(r"What is ([^?]+)\?", ctx)[-1]
-            return f"I will run it.\n```python\nprint({expression})\n```"
-        if calls == 1:
-            out = int(ctx.rsplit(TOOL_TURN, 1)[1].split("<|im_end|>")[0])
-            return str(out if out % 2 == 0 else out + 1)
-        return None
+    write = even_answers(trainer, "I will run it.\n")
 
     trainer.scheduler.engine = ForcedTurns(trainer.engine, trainer.model, trainer.tokenizer, write)
     packed = []
@@ -430,34 +444,11 @@ def test_evaluation_runs_tool_episodes_with_the_real_sandbox(tiny_model_dir, tas
     With tools=False (the reference) the same model answers in one turn: the code itself,
     never a number, scores 0 and no tool runs."""
     import json
-    import re
 
-    from spo.tools.sandbox import available_isolation
-
-    if all(reason is not None for reason in available_isolation().values()):
-        pytest.skip(f"no isolated sandbox level works here: {available_isolation()}")
+    needs_sandbox()
     run = tmp_path / "run"
-    overrides = tiny_overrides(
-        tiny_model_dir,
-        task_files,
-        run,
-        **{
-            "task.name": "arithmetic_tool",
-            "task.reward_fn": None,
-            "rollout.max_turns": 3,
-            "rollout.tool_timeout": 10,
-            "log.samples_per_step": 3,
-        },
-    )
-    trainer = Trainer(load_config(None, overrides))
-
-    def write(ctx: str) -> str | None:
-        calls = tool_turns_of_episode(trainer, ctx)
-        if calls == 0:
-            expression = re.findall(r"What is ([^?]+)\?", ctx)[-1]
-            return f"```python\nprint({expression})\n```"
-        out = int(ctx.rsplit(TOOL_TURN, 1)[1].split("<|im_end|>")[0])
-        return str(out if out % 2 == 0 else out + 1)
+    trainer = tool_trainer(tiny_model_dir, task_files, run, **{"log.samples_per_step": 3})
+    write = even_answers(trainer)
 
     trainer.engine = ForcedTurns(trainer.engine, trainer.model, trainer.tokenizer, write)
     try:
