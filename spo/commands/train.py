@@ -146,5 +146,6 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"continue:  spo train --resume {trainer.run_dir} steps={2 * cfg.steps}")
     print(f"evaluate:  spo eval {trainer.run_dir}")
     print(f"report:    spo report {trainer.run_dir}")
-    print("compare:   spo demo algo=grpo   (same harness, same samples per step)")
+    config = args.overrides[0] + " " if args.overrides and "=" not in args.overrides[0] else ""
+    print(f"compare:   spo demo {config}algo=grpo   (same harness, same samples per step)")
     return 0
