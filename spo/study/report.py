@@ -202,6 +202,30 @@ def fig_time(runs) -> bytes:
     return png(fig)
 
 
+TOOL_PANELS = [
+    ("tools/episodes_with_calls", "episodes that call the tool", "share of episodes"),
+    ("tools/episodes_code_ok", "episodes whose code all ran", "share of episodes"),
+    ("tools/turns_per_episode", "model turns per episode", "turns"),
+    ("rollout/engine_idle_fraction", "rollout engine idle (waiting on tools)", "share of time"),
+]
+
+
+def tool_section(runs: list[RunData]) -> list[tuple[str, str, bytes]]:
+    """The "Tool use" section, for runs with multi-turn tool episodes (`tools/*` keys)."""
+    if not any(run.series("tools/turns_per_episode")[0].size for run in runs):
+        return []
+    return [
+        (
+            "Tool use",
+            "Per training step: share of episodes that called the Python tool, and whose "
+            "every call ran without error; model turns per episode; share of rollout time in "
+            "which no sample was ready to decode because all waited on a tool. Held-out "
+            "accuracy above is measured with the tool (every held-out prompt is an episode).",
+            fig_metric_rows(runs, TOOL_PANELS),
+        )
+    ]
+
+
 def figures(runs: list[RunData]) -> list[tuple[str, str, bytes]]:
     """(title, caption, png) for every section of the report."""
     wall = wall_unit(runs)
@@ -217,6 +241,7 @@ def figures(runs: list[RunData]) -> list[tuple[str, str, bytes]]:
             "prompts, against samples and training wall-clock.",
             fig_heldout(runs),
         ),
+        *tool_section(runs),
         (
             "Samples without learning signal",
             "Share of samples whose unnormalised advantage is ~0 (|A| ≤ 1e-4, ≤ 0.02), and for "

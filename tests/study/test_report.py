@@ -210,3 +210,24 @@ def test_smooth_keeps_constants_and_length():
     y = np.full(50, 0.7)
     np.testing.assert_allclose(smooth(y), y)
     assert smooth(np.arange(3.0)).tolist() == [0.0, 1.0, 2.0]
+
+
+def test_tool_runs_get_a_tool_use_section(tmp_path):
+    """Runs with multi-turn metrics get the "Tool use" section (one more plot); others not."""
+    plain = make_run(tmp_path, "plain")
+    tool = make_run(tmp_path, "tool")
+    rows = [json.loads(x) for x in (tool / "metrics.jsonl").read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r.update(
+            {
+                "tools/episodes_with_calls": min(1.0, 0.5 + 0.02 * i),
+                "tools/episodes_code_ok": min(1.0, 0.4 + 0.02 * i),
+                "tools/turns_per_episode": 1.8,
+                "rollout/engine_idle_fraction": 0.1,
+            }
+        )
+    (tool / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text_plain, _ = build_report([plain])
+    text_tool, _ = build_report([tool])
+    assert "Tool use" not in text_plain and "Tool use" in text_tool
+    assert len(images(text_tool)) == len(images(text_plain)) + 1
