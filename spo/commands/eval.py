@@ -381,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
                 item["path"], dtype=cfg.model.dtype, device=cfg.model.device
             )
             engine = engines.sampling_from(model, tokenizer)
-            settings["episodes"] = tool_episodes(cfg, tokenizer)  # tool use: whole episodes
+            episodes = tool_episodes(cfg, tokenizer)  # tool use: whole episodes, as in training
             metrics = evaluate_examples(
                 engine,
                 tokenizer,
@@ -390,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
                 k=args.k,
                 reward_pool=pool,
                 greedy=not args.no_greedy,
+                episodes=episodes,
                 **settings,
             )
             state = item.pop("state", None)
@@ -417,6 +418,7 @@ def run(args: argparse.Namespace) -> int:
                     samples=args.calibration,
                     prompts=args.calibration_prompts,
                     reward_pool=pool,
+                    episodes=episodes,
                     **settings,
                 )
                 write_json(Path(item["path"]) / "calibration.json", calib)
@@ -434,6 +436,7 @@ def run(args: argparse.Namespace) -> int:
         "n_prompts": len(examples),
         "difficulty_levels": names,
         **{k: v for k, v in settings.items() if k != "seed"},
+        "max_turns": cfg.rollout.max_turns,
         "seed": cfg.seed,
         "results": results,
     }

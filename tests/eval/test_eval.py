@@ -203,6 +203,23 @@ def test_spo_eval_model_dir(tiny_model_dir, task_files, tmp_path, capsys):
     assert metrics["pass@1"] == pytest.approx(metrics["avg@4"])  # unbiased pass@1 = avg@k
 
 
+def test_spo_eval_of_a_tool_task_plays_episodes_and_writes_its_result(tiny_model_dir, tmp_path):
+    """With rollout.max_turns > 1, `spo eval` samples whole episodes with the sandboxed tool
+    (tools/* metrics) and still writes a plain JSON result."""
+    from spo.tools.sandbox import available_isolation
+
+    if all(reason is not None for reason in available_isolation().values()):
+        pytest.skip(f"no isolated sandbox level works here: {available_isolation()}")
+    out = tmp_path / "out.json"
+    args = ["task.name=arithmetic_tool", "rollout.max_turns=2", "rollout.max_new_tokens=6"]
+    rc = main(["eval", str(tiny_model_dir), *args, "eval_size=2", "--k", "2", "--out", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["max_turns"] == 2
+    metrics = result["results"][0]["metrics"]
+    assert metrics["tools/turns_per_episode"] >= 1.0 and "avg@2" in metrics
+
+
 def make_run(tmp_path: Path, model_dir: Path, task_files: dict) -> Path:
     """A run dir with one checkpoint: the tiny model + a tracker state over the task."""
     run = tmp_path / "run"
