@@ -137,6 +137,10 @@ def summarize_run(arm: str, seed: int, run_dir: Path, cfg, elapsed: float) -> di
         "engine_idle_share": float(idle.sum() / wall.sum()),
         "rollout_share_of_step": float(wall.sum() / sum(r["time/step"] for r in train)),
         "staleness_mean": mean("rollout/staleness_mean"),
+        "step_seconds": {  # mean per training step, by phase
+            phase: mean(f"time/{phase}") for phase in ("generate", "train", "tracker", "step")
+        },
+        "in_flight_at_end": last.get("rollout/in_flight", 0.0),  # decoded, never trained
         "reward_by_step": [r["reward/mean"] for r in train],
         "tools": {
             key: mean(key)
@@ -261,6 +265,28 @@ def report(data: dict) -> str:
             )
             + "."
         )
+    timed = [r for r in runs if "step_seconds" in r]
+    if timed:
+        lines += [
+            "",
+            "## Where the training time goes (mean seconds per step)",
+            "",
+            "| arm | seeds | generate (rollouts + tools) | train | tracker / ρ | step | "
+            "decoded but untrained at the end |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for arm in ARMS:
+            rs = [r for r in timed if r["arm"] == arm]
+            if rs:
+                sec = [r["step_seconds"] for r in rs]
+                lines.append(
+                    f"| {LABELS[arm]} | {len(rs)} | "
+                    + " | ".join(
+                        _fmt([x[p] for x in sec], 1, 1)
+                        for p in ("generate", "train", "tracker", "step")
+                    )
+                    + f" | {_fmt([r['in_flight_at_end'] for r in rs], 1, 0)} |"
+                )
     lines += ["", "## Held-out accuracy with the tool vs samples and wall-clock", ""]
     lines.append(f"| arm | seed | samples | training s | greedy | {k} |")
     lines.append("|---|---|---|---|---|---|")
@@ -292,6 +318,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--merge", type=Path, nargs="*", default=[], help="JSON files to add")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown")
+    p.add_argument(
+        "--resummarize",
+        action="store_true",
+        help="recompute each run's summary from its run dir under --runs (after the script "
+        "gained fields), keeping its session time and load average",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="for every arm")
     args = p.parse_args(argv)
     if args.cpu is not None:
@@ -303,7 +335,17 @@ def main(argv=None) -> int:
         data["runs"] += [r for r in more["runs"] if (r["arm"], r["seed"]) not in have]
         for key in ("settings", "machine", "command"):
             data.setdefault(key, more.get(key))
-    if not args.report and not args.merge:
+    if args.resummarize:
+        from spo.train.config import load_config
+
+        for i, r in enumerate(data["runs"]):
+            run_dir = args.runs / f"{r['arm']}-s{r['seed']}"
+            if (run_dir / "metrics.jsonl").is_file():
+                cfg = load_config(str(run_dir / "config.yaml"), [])
+                new = summarize_run(r["arm"], r["seed"], run_dir, cfg, r["session_seconds"])
+                data["runs"][i] = new | {"load_avg_at_end": r["load_avg_at_end"]}
+        args.out.write_text(json.dumps(data, indent=1))
+    elif not args.report and not args.merge:
         from spo.train.config import load_config
 
         cfg = load_config(str(CONFIG), overrides("async_spo", 0, args))
