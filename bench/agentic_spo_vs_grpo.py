@@ -45,7 +45,7 @@ from common import ROOT, load_avgs, machine, regenerate, spread, t_interval
 
 CONFIG = ROOT / "configs" / "demo-agentic.yaml"
 OUT = ROOT / "docs" / "results" / "agentic_spo_vs_grpo.json"
-REPORT = ROOT / "docs" / "results" / "agentic_spo_vs_grpo.md"
+OUT_DELAY = ROOT / "docs" / "results" / "agentic_spo_vs_grpo_slow_tools.json"  # --delay-median
 ARMS = {
     "async_spo": ["algo=spo", "rollout.mode=async"],
     "sync_grpo": ["algo=grpo", "rollout.mode=sync"],
@@ -299,8 +299,11 @@ def report(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(data: dict) -> None:
-    regenerate(REPORT, report(data))
+def write_report(data: dict, out: Path) -> Path:
+    """The markdown page beside the results JSON `out`."""
+    page = out.with_suffix(".md")
+    regenerate(page, report(data))
+    return page
 
 
 def main(argv=None) -> int:
@@ -314,8 +317,14 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", default=None, help="pin to these CPUs (comma-separated)")
     p.add_argument("--delay-median", type=float, default=0.0, help="added tool delay (s)")
     p.add_argument("--delay-sigma", type=float, default=1.0)
-    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "agentic")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--runs", type=Path, default=None, help="run dirs (default runs/agentic*)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results JSON (default {OUT.name}, with --delay-median {OUT_DELAY.name}, in "
+        "docs/results/; the page is written beside a JSON there)",
+    )
     p.add_argument("--merge", type=Path, nargs="*", default=[], help="JSON files to add")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown")
     p.add_argument(
@@ -326,6 +335,10 @@ def main(argv=None) -> int:
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="for every arm")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = OUT_DELAY if args.delay_median > 0 else OUT
+    if args.runs is None:
+        args.runs = ROOT / "runs" / ("agentic_slow_tools" if args.delay_median > 0 else "agentic")
     if args.cpu is not None:
         os.sched_setaffinity(0, {int(c) for c in args.cpu.split(",")})
     data = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
@@ -377,9 +390,8 @@ def main(argv=None) -> int:
                 args.out.write_text(json.dumps(data, indent=1))
     elif args.merge:
         args.out.write_text(json.dumps(data, indent=1))
-    if data["runs"] and args.out == OUT:
-        write_report(data)
-        print(REPORT.read_text())
+    if data["runs"] and args.out.resolve().parent == OUT.parent:
+        print(write_report(data, args.out).read_text())
     return 0
 
 
