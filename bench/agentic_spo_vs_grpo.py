@@ -334,7 +334,7 @@ def main(argv=None) -> int:
         "gained fields), keeping its session time and load average",
     )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="for every arm")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value may follow any --option
     if args.out is None:
         args.out = OUT_DELAY if args.delay_median > 0 else OUT
     if args.runs is None:
