@@ -41,7 +41,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -303,7 +303,7 @@ class Episodes:
         `seed` (t = 0: the single-turn call's draws) or `turn_seed(seed, t)`.
         """
         rows = sampling.repeat(prompt_tokens)
-        one = SamplingSettings(sampling.temperature, sampling.top_p, sampling.max_new_tokens)
+        one = replace(sampling, n=1)  # the rows are repeated here
         samples = [Sample(i, i, i, list(p)) for i, p in enumerate(rows)]
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="spo-eval-tool")
         try:
@@ -359,15 +359,14 @@ def python_episodes(
     tool_timeout: float,
     workers: int,
     output_chars: int = 2048,
-) -> tuple[PythonTool, ToolMessages, Episodes]:
-    """The sandboxed ```python tool of a run: its env, its tool messages and `Episodes`
-    (evaluation); each tool message is clipped to `output_chars` characters. Raises
-    `spo.tools.sandbox.SandboxError` when the sandbox cannot be set up and ValueError when
-    the chat template cannot hold tool messages."""
+) -> Episodes:
+    """The sandboxed ```python tool of a run as `Episodes` (its `env` and tool `messages`
+    serve the training scheduler too); each tool message is clipped to `output_chars`
+    characters. Raises `spo.tools.sandbox.SandboxError` when the sandbox cannot be set up
+    and ValueError when the chat template cannot hold tool messages."""
     runner = ToolRunner(
         max_turns, tool_role=tool_role, timeout_s=tool_timeout, max_output_chars=output_chars
     )
-    env = PythonTool(runner)
     messages = ToolMessages(tokenizer, role=tool_role)
     # the backstop: the sandbox itself kills a call at tool_timeout
-    return env, messages, Episodes(env, messages, max_turns, tool_timeout + 30.0, workers)
+    return Episodes(PythonTool(runner), messages, max_turns, tool_timeout + 30.0, workers)

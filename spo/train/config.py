@@ -586,6 +586,6 @@ def tool_episodes(cfg: TrainConfig, tokenizer):
             tool_timeout=r.tool_timeout,
             workers=r.tool_workers,
             output_chars=r.tool_output_chars,
-        )[2]
+        )
     except (SandboxError, ValueError) as e:
         raise TrainError(f"cannot run tool calls: {e}") from None
