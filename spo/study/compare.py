@@ -26,8 +26,8 @@ Resumable: rerunning the same command skips finished runs (final checkpoint pres
 resumes interrupted ones (`spo train --resume`) and redoes runs that never reached a
 checkpoint. A run made with different settings is an error, never silently mixed in.
 `--jobs N` runs N trainings at once (each gets cpu_count/N torch threads unless
-`threads=` is given). Afterwards `spo.study.summary` writes OUT/summary.json, the
-plots, OUT/report.html (`spo report` over all runs) and optionally the markdown page.
+`threads=` is given), in `run_order`: algorithm arms first, seed-major. Afterwards
+`spo.study.summary` writes OUT/summary.json, the plots, OUT/report.html (`spo report` over all runs) and optionally the markdown page.
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ ABLATIONS = {
     "replay_rho": Ablation(("tracker.rho=replay",), "ρ from replayed stored responses"),
     "drift_rho": Ablation(("tracker.rho=drift",), "ρ from the cumulative policy drift"),
     "uniform_sampling": Ablation(("sampler.mode=uniform",), "uniform prompt sampling"),
+    "no_clip": Ablation(
+        ("loss.eps_low=0.999", "loss.eps_high=1000"),
+        "PPO ratio clip off (ε_low 0.999, ε_high 1000; the dual clip stays): "
+        "importance-weighted policy gradient",
+    ),
     "priority_sampling": Ablation(("sampler.mode=priority",), "prioritised prompt sampling"),
 }
 
@@ -396,4 +401,15 @@ def run_plan(plan: Plan, jobs: int = 1, log=print) -> list[RunSpec]:
         return spec
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(one, plan.runs))
+        list(pool.map(one, run_order(plan)))
+    return plan.runs
+
+
+def run_order(plan: Plan) -> list[RunSpec]:
+    """The order runs start in: the algorithm arms before the ablations, each seed-major
+    (seed 0 of every arm, then seed 1, ...). An interrupted study then holds the most
+    complete paired comparisons, and with --jobs 2 the arms of one seed run side by side
+    (under the same load, so their wall-clocks compare)."""
+    ablation = {arm: arm in ABLATIONS and arm not in ALGORITHMS for arm in plan.arms}
+    rank = {arm: i for i, arm in enumerate(plan.arms)}
+    return sorted(plan.runs, key=lambda s: (ablation[s.arm], s.seed, rank[s.arm]))

@@ -294,6 +294,35 @@ def test_run_plan_isolates_failures_resumes_partial_runs(tmp_path, monkeypatch):
         compare.run_plan(plan, jobs=1, log=lambda *_: None)
 
 
+def test_run_order_puts_algorithms_first_and_is_seed_major(tmp_path):
+    """An interrupted study keeps the most complete pairs: every algorithm's seed 0, then
+    seed 1, ..., and only then the ablations (seed-major too); no run is lost or doubled."""
+    import argparse
+
+    import spo.commands.compare as compare_command
+    import spo.study.compare as compare
+
+    parser = argparse.ArgumentParser()
+    compare_command.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            *("configs/demo.yaml", "--algos", "spo,grpo,critic", "--seeds", "3"),
+            *("--ablations", "no_baseline,constant_rho", "--ablation-seeds", "2"),
+            *("--out", str(tmp_path / "study")),
+        ]
+    )
+    plan = compare.make_plan(args)
+    order = [(s.arm, s.seed) for s in compare.run_order(plan)]
+    assert order == [
+        ("spo", 0), ("grpo", 0), ("critic", 0),
+        ("spo", 1), ("grpo", 1), ("critic", 1),
+        ("spo", 2), ("grpo", 2), ("critic", 2),
+        ("no_baseline", 0), ("constant_rho", 0),
+        ("no_baseline", 1), ("constant_rho", 1),
+    ]  # fmt: skip
+    assert [(s.arm, s.seed) for s in plan.runs][:3] == [("spo", 0), ("spo", 1), ("spo", 2)]
+
+
 # ------------------------------------------------------------ intervals and pairs
 def test_t_quantile_matches_scipy():
     from scipy.stats import t
