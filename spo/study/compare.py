@@ -27,7 +27,8 @@ resumes interrupted ones (`spo train --resume`) and redoes runs that never reach
 checkpoint. A run made with different settings is an error, never silently mixed in.
 `--jobs N` runs N trainings at once (each gets cpu_count/N torch threads unless
 `threads=` is given), in `run_order`: algorithm arms first, seed-major. Afterwards
-`spo.study.summary` writes OUT/summary.json, the plots, OUT/report.html (`spo report` over all runs) and optionally the markdown page.
+`spo.study.summary` writes OUT/summary.json, the plots, OUT/report.html (`spo report`
+over all runs) and optionally the markdown page.
 """
 
 from __future__ import annotations
