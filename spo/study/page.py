@@ -250,6 +250,7 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
         "",
         img("advantage_variance.png", "advantage variance"),
         "",
+        *machinery_section(summary, img),
         "## Value tracker at the end",
         "",
         f"Frontier: share of seen prompts with 0.1 ≤ v̂ ≤ 0.9. Calibration of v̂ against "
@@ -321,6 +322,152 @@ def render_markdown(summary: dict, md_path: Path, out_dir: Path, *, lr_note=None
     if summary["failed"]:
         lines += ["", f"**Unfinished runs (excluded):** {', '.join(summary['failed'])}"]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ machinery (issue 19)
+def baseline_of(arm: dict) -> str:
+    """What the arm's advantage subtracts (the b of Var(r − b))."""
+    algo = ALGORITHMS[arm["algo"]]
+    if algo.tracker_baseline:
+        return "0 (none)" if "baseline=none" in arm["overrides"] else "tracker v̂₋₁"
+    if algo.critic:
+        return "critic V₋₁(x)"
+    return {"rloo": "leave-one-out mean"}.get(arm["algo"], "group mean")
+
+
+def seed_cell(arm: dict, key: str, scale: float = 1.0, digits: int = 3) -> str:
+    """Mean and 95% t-interval over the arm's seeds of a per-run machinery number."""
+    from spo.study.summary import t_interval
+
+    values = [r["machinery"][key] for r in arm["runs"] if key in (r.get("machinery") or {})]
+    t = t_interval(values)
+    if t["mean"] is None:
+        return "—"
+    cell = f"{t['mean'] * scale:.{digits}f}"
+    if t["lo"] is None:
+        return f"{cell} (n = 1)"
+    return f"{cell} [{t['lo'] * scale:.{digits}f}, {t['hi'] * scale:.{digits}f}]"
+
+
+def _ratio_cell(row: dict | None) -> str:
+    if not row or row.get("mean") is None:
+        return "—"
+    if row.get("lo") is None:
+        return f"{row['mean']:.2f} (n = {row['n']})"
+    return f"{row['mean']:.2f} [{row['lo']:.2f}, {row['hi']:.2f}]"
+
+
+def machinery_section(summary: dict, img) -> list[str]:
+    """Variance reduction within runs, ρ on revisits, PPO clipping and SPO − arm at equal
+    training wall-clock (`spo.study.machinery`); empty for studies that logged none of it."""
+    arms = summary["arms"]
+    if not any("var_ratio_pooled" in a.get("machinery", {}) for a in arms.values()):
+        return []
+    k = int(summary["settings"].get("eval_k") or 1)
+    lines = [
+        "## Does the machinery work?",
+        "",
+        "### Variance reduction, within each run",
+        "",
+        "Σ_t Var_t(r − b) / Σ_t Var_t(r) over the run's own batches (b: what the arm's "
+        "advantage subtracts, read before the step's update; pooled over steps), mean and "
+        "95% t-interval over seeds. Below 1: the baseline removed reward variance. The "
+        "oracle bound is 1 − Var_x(p)/Var(r) of the final policy's fresh calibration "
+        "samples on the training prompts: what a perfect per-prompt baseline would reach.",
+        "",
+    ]
+    rows = []
+    for arm, a in arms.items():
+        if "var_ratio_pooled" not in a.get("machinery", {}):
+            continue
+        rows.append(
+            [
+                arm,
+                baseline_of(a),
+                *[
+                    seed_cell(a, f"var_ratio_pooled{q}")
+                    for q in ("", "_first_quarter", "_last_quarter")
+                ],
+                seed_cell(a, "oracle_ratio_end"),
+            ]
+        )
+    lines += [
+        _table(
+            ["arm", "b", "whole run", "first quarter", "last quarter", "oracle bound at end"],
+            rows,
+        ),
+        "",
+        img("machinery.png", "variance ratio, revisit rho and clip fraction over training"),
+        "",
+    ]
+    rows = [
+        [
+            arm,
+            seed_cell(a, "rho_revisit_mean"),
+            *[seed_cell(a, key, 100.0, 1) for key in ("rho_at_min", "rho_at_max", "rho_inside")],
+            seed_cell(a, "rho_divergence_median"),
+        ]
+        for arm, a in arms.items()
+        if "rho_revisit_mean" in a.get("machinery", {})
+    ]
+    if rows:
+        lines += [
+            "### Does ρ adapt?",
+            "",
+            "ρ applied when a prompt is revisited (the discount of its existing estimate), "
+            "each step weighted by its revisits: mean, % of revisits at ρ_min, at ρ_max and "
+            "strictly inside, and the median over steps of the step's median divergence D.",
+            "",
+            _table(["arm", "mean ρ", "% at ρ_min", "% at ρ_max", "% inside", "median D"], rows),
+            "",
+        ]
+    rows = [
+        [
+            arm,
+            seed_cell(a, "clip_fraction", 100.0, 2),
+            seed_cell(a, "dual_clip_fraction", 100.0, 3),
+            seed_cell(a, "approx_kl", 1.0, 4),
+            seed_cell(a, "ratio_max", 1.0, 2),
+        ]
+        for arm, a in arms.items()
+        if "clip_fraction" in a.get("machinery", {})
+    ]
+    if rows:
+        lines += [
+            "### PPO clipping",
+            "",
+            f"{summary['settings'].get('optim.updates_per_step')} optimizer updates per "
+            "batch. Mean over steps of the share of response tokens whose ratio the clip "
+            "cut (%), dual-clipped (%), the approx. KL to the sampling policy, and the "
+            "largest ratio seen in the run (mean over seeds).",
+            "",
+            _table(["arm", "clipped %", "dual-clipped %", "approx KL", "max ratio"], rows),
+            "",
+        ]
+    paired = summary.get("paired_wallclock") or {}
+    if paired:
+        keys = [x for x in ("greedy", f"avg@{k}") if any(x in r for r in paired.values())]
+        rows = [
+            [
+                f"spo − {arm}",
+                str(len(r["seeds"])),
+                _ratio_cell(r.get("time_ratio")),
+                *[paired_cell(r.get(x)) for x in keys],
+            ]
+            for arm, r in paired.items()
+        ]
+        lines += [
+            "### At equal training wall-clock",
+            "",
+            "Seed by seed: each run's held-out curve read (linearly between eval points) at "
+            "the training time at which the faster of the pair finished; SPO minus the arm "
+            "in pp, and the arm's training time ÷ SPO's, with 95% t-intervals. Runs of one "
+            "seed ran side by side on the same machine.",
+            "",
+            _table(["pair", "n", "time ÷ SPO", *[f"{x} (pp)" for x in keys]], rows),
+            "",
+        ]
+    return lines
 
 
 def _size(n) -> str:

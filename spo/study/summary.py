@@ -35,6 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from spo.algo.algorithms import ALGORITHMS
+from spo.study.machinery import (
+    MACHINERY_CURVES,
+    fig_machinery,
+    heldout_points,
+    paired_wallclock,
+    run_machinery,
+)
 from spo.study.plots import COLORS, figure, no_data, png
 from spo.train.diagnostics import write_json
 
@@ -45,6 +52,7 @@ TRAIN_CURVES = (
     "adv/abs_le_0.02",
     "adv/variance",
     "adv/variance_nondegenerate",
+    *MACHINERY_CURVES,
 )
 SIGNAL = ("adv/degenerate_fraction", "adv/abs_le_1e-4", "adv/abs_le_0.02")
 TRACKER = ("frontier_seen", "value_mean_seen", "seen_fraction")
@@ -230,6 +238,7 @@ def run_record(run_dir: Path, steps: int) -> dict:
     diag = final_diagnostics(run_dir, steps) or {}
     calib = final_calibration(run_dir, steps) or {}
     tracker = {k: diag.get(k) for k in TRACKER if _finite(diag.get(k))}
+    final = _eval_metrics(last) if last else {}
     ess = (diag.get("sampler") or {}).get("ess_fraction")
     if _finite(ess):
         tracker["sampler_ess_fraction"] = ess
@@ -239,7 +248,7 @@ def run_record(run_dir: Path, steps: int) -> dict:
         "samples": train[-1].get("samples") if train else 0,
         "train_seconds": train[-1].get("wall_seconds") if train else None,
         "final_step": last.get("step") if last else None,
-        "final": _eval_metrics(last) if last else {},
+        "final": final,
         "base": _eval_metrics(base) if base else {},
         "run_mean": {
             **{k: v for k in TRAIN_CURVES if (v := _mean_over(train, k)) is not None},
@@ -253,6 +262,8 @@ def run_record(run_dir: Path, steps: int) -> dict:
         },
         "tracker": tracker,
         "calibration": {k: calib[k] for k in CALIBRATION if _finite(calib.get(k))},
+        "machinery": run_machinery(train, calib),
+        "heldout_points": heldout_points(rows, sorted(k for k in final if "/" not in k)),
     }
 
 
@@ -353,6 +364,7 @@ def build_summary(plan, specs, *, command: str = "", seconds: float = 0.0, train
             "last_quarter": aggregate_dicts([r["last_quarter"] for r in records]),
             "tracker": aggregate_dicts([r["tracker"] for r in records]),
             "calibration": aggregate_dicts([r["calibration"] for r in records]),
+            "machinery": aggregate_dicts([r["machinery"] for r in records]),
             "heldout_curves": align_curves(
                 [
                     [{**r, **_eval_metrics(r)} for r in rec["rows"] if _eval_metrics(r)]
@@ -379,8 +391,14 @@ def build_summary(plan, specs, *, command: str = "", seconds: float = 0.0, train
         "seconds": seconds,
         "arms": arms,
         "paired": paired_differences(arms),
+        "paired_wallclock": paired_wallclock(arms, _final_keys(arms)),
         "failed": failed,
     }
+
+
+def _final_keys(arms: dict) -> list[str]:
+    """The overall held-out metrics (greedy, avg@k, ...) any arm has at its end."""
+    return sorted({k for a in arms.values() for k in a["final"] if "/" not in k})
 
 
 def write_summary(plan, specs, **kw) -> dict:
@@ -388,9 +406,10 @@ def write_summary(plan, specs, **kw) -> dict:
     summary = build_summary(plan, specs, **kw)
     out = plan.out
     out.mkdir(parents=True, exist_ok=True)
-    for name, image in plots(summary).items():
+    images = plots(summary)
+    for name, image in images.items():
         (out / name).write_bytes(image)
-    summary["plots"] = list(PLOTS)
+    summary["plots"] = list(images)
     write_json(out / "summary.json", summary)
     finished = [
         (Path(r["run_dir"]), f"{arm} · seed{r['seed']}")
@@ -532,4 +551,8 @@ PLOTS = {
 
 
 def plots(summary: dict) -> dict[str, bytes]:
-    return {name: make(summary) for name, make in PLOTS.items()}
+    """PLOTS, and machinery.png where some arm logged the within-batch variance ratio."""
+    out = {name: make(summary) for name, make in PLOTS.items()}
+    if any("var/ratio" in a["train_curves"] for a in summary["arms"].values()):
+        out["machinery.png"] = fig_machinery(summary)
+    return out
