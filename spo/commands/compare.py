@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from spo.study.compare import ABLATIONS, make_plan, run_plan, train_command
+from spo.study.compare import ABLATIONS, _error, make_plan, run_plan, train_command
 from spo.study.runs import run_state
 
 # ----------------------------------------------------------------------------- CLI
@@ -66,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--markdown", metavar="FILE.md", help="also write the study page")
     parser.add_argument(
+        "--reading",
+        metavar="FILE.md",
+        help="hand-written reading of the results, put verbatim near the top of the "
+        "--markdown page (kept when the page is regenerated)",
+    )
+    parser.add_argument(
         "--lr-note",
         default=None,
         help="learning-rate search statement for the page (default: states that one "
@@ -78,6 +84,14 @@ def run(args: argparse.Namespace) -> int:
     from spo.study.summary import write_summary
 
     plan = make_plan(args)
+    reading = None
+    if args.reading:
+        if not args.markdown:
+            raise _error("--reading needs --markdown FILE.md (the page it goes into)")
+        try:
+            reading = Path(args.reading).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise _error(f"cannot read --reading {args.reading}: {e}") from None
     if args.dry_run:
         for spec in plan.runs:
             state = run_state(spec.run_dir, plan.steps)
@@ -103,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         md = Path(args.markdown)
         md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(render_markdown(summary, md, plan.out, lr_note=args.lr_note))
+        md.write_text(
+            render_markdown(summary, md, plan.out, lr_note=args.lr_note, reading=reading)
+        )
         print(f"wrote {md}")
     failed = [s for s in specs if s.status == "failed"]
     for s in failed:

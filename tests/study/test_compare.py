@@ -58,6 +58,8 @@ def test_align_curves_uses_common_steps_and_mean_wall():
         (["--ablations", "no_critic"], "unknown ablation 'no_critic'"),
         (["--seeds", "0"], "--seeds and --ablation-seeds must be >= 1"),
         (["--ablations", "no_offline_init"], "is the SPO arm itself"),
+        (["--reading", "README.md"], "--reading needs --markdown FILE.md"),
+        (["--reading", "nope.md", "--markdown", "x.md"], "cannot read --reading nope.md"),
     ],
 )
 def test_bad_input_is_one_line(argv, needle, capsys):
@@ -370,3 +372,26 @@ def test_paired_differences_use_common_seeds_only():
     assert g["hi"] - g["mean"] == pytest.approx(12.7062047 * 0.05, rel=1e-6)
     assert "avg@4/difficulty=1" not in p["grpo"]
     assert paired_differences({"grpo": arms["grpo"]}) == {}
+
+
+def test_page_title_status_and_reading():
+    from spo.study.page import reading_section, status_line, title
+
+    arm = {"algo": "spo", "runs": [{"seed": 0}, {"seed": 1}]}
+    summary = {
+        "settings": {"task.name": "arithmetic", "model.path": "m"},
+        "arms": {
+            "spo": arm,
+            "grpo": {**arm, "algo": "grpo"},
+            "critic": {**arm, "algo": "critic"},
+            "no_baseline": {**arm, "algo": "spo"},  # an ablation: not in the title
+        },
+        "failed": ["grpo/seed1", "critic/seed0", "critic/seed1"],
+    }
+    assert title(summary) == "SPO vs GRPO vs CRITIC: arithmetic with m"
+    status = status_line(summary)[0]
+    assert status.startswith("**Status: partial.** 5 of 8 runs finished; the 3 others")
+    assert status_line({**summary, "failed": []}) == []
+    assert reading_section("  \n") == [] and reading_section(None) == []
+    assert reading_section("SPO wins.\n") == ["## Reading\n\nSPO wins.", ""]
+    assert reading_section("## My reading\nx") == ["## My reading\nx", ""]
