@@ -495,8 +495,10 @@ def machinery_section(summary: dict, img) -> list[str]:
             "",
             "Seed by seed: each run's held-out curve read (linearly between eval points) at "
             "the training time at which the faster of the pair finished; SPO minus the arm "
-            "in pp, and the arm's training time ÷ SPO's, with 95% t-intervals. Runs of one "
-            "seed ran side by side on the same machine.",
+            "in pp, and the arm's training time ÷ SPO's, with 95% t-intervals. Training "
+            f"time only (evaluation excluded), threads={summary['settings'].get('threads')} "
+            "per run; `spo compare --jobs N` runs N at a time, in the order algorithms "
+            "first, seed by seed, so every run shared the machine with another.",
             "",
             _table(["pair", "n", "time ÷ SPO", *[f"{x} (pp)" for x in keys]], rows),
             "",
