@@ -497,13 +497,22 @@ def machinery_section(summary: dict, img) -> list[str]:
             "the training time at which the faster of the pair finished; SPO minus the arm "
             "in pp, and the arm's training time ÷ SPO's, with 95% t-intervals. Training "
             f"time only (evaluation excluded), threads={summary['settings'].get('threads')} "
-            "per run; `spo compare --jobs N` runs N at a time, in the order algorithms "
-            "first, seed by seed, so every run shared the machine with another.",
+            f"per run, {_jobs(summary)} run(s) at a time in the order algorithms first, "
+            "seed by seed.",
             "",
             _table(["pair", "n", "time ÷ SPO", *[f"{x} (pp)" for x in keys]], rows),
             "",
         ]
     return lines
+
+
+def _jobs(summary: dict) -> int:
+    """--jobs of the recorded command (1 when absent)."""
+    import shlex
+
+    argv = shlex.split(summary.get("command") or "")
+    i = argv.index("--jobs") if "--jobs" in argv else -1
+    return int(argv[i + 1]) if 0 <= i < len(argv) - 1 and argv[i + 1].isdigit() else 1
 
 
 def _size(n) -> str:
