@@ -42,13 +42,19 @@ def _pp(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:+.1f}"
 
 
-def paired_cell(row: dict | None) -> str:
-    """'+3.2 [−1.0, 7.4]' in percentage points (95% t-interval); one seed: '+3.2 (n = 1)'."""
+def interval_cell(row: dict | None, show=_pp) -> str:
+    """'+3.2 [−1.0, 7.4]': mean [95% t-interval] of a {mean, lo, hi, n} row, each number
+    written by `show` (default: percentage points); one seed: '+3.2 (n = 1)'."""
     if not row or row.get("mean") is None:
         return "—"
     if row.get("lo") is None:
-        return f"{_pp(row['mean'])} (n = {row['n']})"
-    return f"{_pp(row['mean'])} [{_pp(row['lo'])}, {_pp(row['hi'])}]"
+        return f"{show(row['mean'])} (n = {row['n']})"
+    return f"{show(row['mean'])} [{show(row['lo'])}, {show(row['hi'])}]"
+
+
+def paired_cell(row: dict | None) -> str:
+    """A paired difference in percentage points (see `interval_cell`)."""
+    return interval_cell(row)
 
 
 def headline(summary: dict, a: str = "spo", b: str = "grpo") -> str:
@@ -384,11 +390,7 @@ def seed_cell(arm: dict, key: str, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def _ratio_cell(row: dict | None) -> str:
-    if not row or row.get("mean") is None:
-        return "—"
-    if row.get("lo") is None:
-        return f"{row['mean']:.2f} (n = {row['n']})"
-    return f"{row['mean']:.2f} [{row['lo']:.2f}, {row['hi']:.2f}]"
+    return interval_cell(row, lambda x: f"{x:.2f}")
 
 
 def machinery_section(summary: dict, img) -> list[str]:
