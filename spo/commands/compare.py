@@ -100,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     t0 = time.perf_counter()
     specs = plan.runs if args.summarize_only else run_plan(plan, args.jobs)
-    command = shlex.join(["spo", "compare", *sys.argv[2:]]) if sys.argv[1:2] == ["compare"] else ""
+    command = ""
+    if sys.argv[1:2] == ["compare"]:  # the command that (re)runs the study, not this summary
+        argv = [a for a in sys.argv[2:] if a != "--summarize-only"]
+        command = shlex.join(["spo", "compare", *argv])
     summary = write_summary(
         plan,
         specs,
@@ -117,9 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         md = Path(args.markdown)
         md.parent.mkdir(parents=True, exist_ok=True)
-        md.write_text(
-            render_markdown(summary, md, plan.out, lr_note=args.lr_note, reading=reading)
-        )
+        md.write_text(render_markdown(summary, md, plan.out, lr_note=args.lr_note, reading=reading))
         print(f"wrote {md}")
     failed = [s for s in specs if s.status == "failed"]
     for s in failed:

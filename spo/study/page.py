@@ -136,7 +136,8 @@ def title(summary: dict) -> str:
     """'SPO vs GRPO vs CRITIC: arithmetic with <model>' from the algorithm arms."""
     s = summary["settings"]
     algos = [a for a, x in summary["arms"].items() if x["algo"] == a] or ["spo"]
-    return f"{' vs '.join(a.upper() for a in algos)}: {s.get('task.name')} with {s.get('model.path')}"
+    names = " vs ".join(a.upper() for a in algos)
+    return f"{names}: {s.get('task.name')} with {s.get('model.path')}"
 
 
 def status_line(summary: dict) -> list[str]:
@@ -444,7 +445,7 @@ def machinery_section(summary: dict, img) -> list[str]:
             seed_cell(a, "rho_divergence_median"),
         ]
         for arm, a in arms.items()
-        if "rho_revisit_mean" in a.get("machinery", {})
+        if "rho_revisit_mean" in a.get("machinery", {}) and ALGORITHMS[a["algo"]].tracker_baseline
     ]
     if rows:
         lines += [
