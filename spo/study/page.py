@@ -437,6 +437,7 @@ def machinery_section(summary: dict, img) -> list[str]:
         img("machinery.png", "variance ratio, revisit rho and clip fraction over training"),
         "",
     ]
+    lines += visits_table(arms)
     rows = [
         [
             arm,
@@ -507,6 +508,29 @@ def machinery_section(summary: dict, img) -> list[str]:
             "",
         ]
     return lines
+
+
+def visits_table(arms: dict) -> list[str]:
+    """Samples drawn per training prompt by the end (runs that counted them)."""
+    keys = ("min", "p10", "median", "max")
+    rows = [
+        [arm, str(a["tracker"]["visits_min"]["n"])]
+        + [fmt(a["tracker"].get(f"visits_{k}"), 1.0, 1) for k in keys]
+        for arm, a in arms.items()
+        if (a.get("tracker") or {}).get("visits_min")
+    ]
+    if not rows:
+        return []
+    return [
+        "### Visits per training prompt",
+        "",
+        "Samples drawn per training prompt over the whole run (a group counts its "
+        "responses), over the prompts of a run; mean ± std over the seeds that counted "
+        "them (runs from before visits were logged have none).",
+        "",
+        _table(["arm", "seeds", "min", "p10", "median", "max"], rows),
+        "",
+    ]
 
 
 def _jobs(summary: dict) -> int:

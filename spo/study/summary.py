@@ -242,6 +242,9 @@ def run_record(run_dir: Path, steps: int) -> dict:
     ess = (diag.get("sampler") or {}).get("ess_fraction")
     if _finite(ess):
         tracker["sampler_ess_fraction"] = ess
+    for k, v in (diag.get("visits") or {}).items():  # runs made before visits were counted: none
+        if _finite(v):
+            tracker[f"visits_{k}"] = v
     return {
         "rows": rows,
         "steps": train[-1]["step"] if train else 0,

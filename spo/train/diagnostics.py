@@ -351,6 +351,7 @@ def scalar_row(summary: dict, *, step: int, samples: int) -> dict:
     )
     row = {"step": step, "samples": samples}
     row.update({k: summary[k] for k in keys if k in summary})
+    row.update({f"visits_{k}": x for k, x in (summary.get("visits") or {}).items()})
     row.update(
         {
             f"sampler_{k}": summary["sampler"][k]
@@ -438,7 +439,24 @@ def _diagnose(checkpoint_dir: Path, state: dict | None) -> tuple[dict, dict, np.
     )
     summary["step"] = int(state.get("step", 0))
     summary["samples"] = int(state.get("samples_seen", 0))
+    if "visits" in state:
+        summary["visits"] = visit_summary(state["visits"])
     return summary, state, rho_P
+
+
+def visit_summary(visits_P) -> dict:
+    """Samples drawn per training prompt so far: min, p10, median, mean, max."""
+    v = np.asarray(visits_P, dtype=np.float64).reshape(-1)
+    if not v.size:
+        return {}
+    p10, median = np.percentile(v, [10, 50])
+    return {
+        "min": float(v.min()),
+        "p10": float(p10),
+        "median": float(median),
+        "mean": float(v.mean()),
+        "max": float(v.max()),
+    }
 
 
 def checkpoint_diagnostics(checkpoint_dir, state: dict | None = None) -> dict:

@@ -164,6 +164,9 @@ class Trainer:
         self.scheduler = self._build_scheduler()
         self.step = 0
         self.samples_seen = 0
+        # samples drawn per training prompt (a GRPO group counts its responses); None when
+        # resumed from a checkpoint written before visits were counted
+        self.visits: np.ndarray | None = np.zeros(len(self.train_examples), dtype=np.int64)
         self.train_seconds = 0.0
         self._stop_requested = False
 
@@ -296,6 +299,7 @@ class Trainer:
             "samples_seen": self.samples_seen,
             "train_seconds": self.train_seconds,
             "prompt_ids": np.array([ex.id for ex in self.train_examples]),
+            **({"visits": self.visits} if self.visits is not None else {}),
             "tracker": self.tracker.state_dict(),
             **({self.rho.key: self.rho.state_dict()} if self.rho.key else {}),
             **({self.critic.key: self.critic.state_dict()} if self.critic else {}),
@@ -345,6 +349,13 @@ class Trainer:
         self.step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
         self.train_seconds = float(state["train_seconds"])
+        visits = state.get("visits")
+        self.visits = None if visits is None else np.asarray(visits, dtype=np.int64).copy()
+        if self.visits is not None and self.visits.shape != (len(self.train_examples),):
+            raise TrainError(
+                f"checkpoint {path} counts visits of {self.visits.size} prompts, the task has "
+                f"{len(self.train_examples)}; resume with the run's task settings"
+            )
 
     # ------------------------------------------------------------------- the step
     def train_step(self) -> dict[str, float]:
@@ -428,6 +439,8 @@ class Trainer:
 
         self.step = step
         self.samples_seen += len(prompt_idx_B)
+        if self.visits is not None:
+            np.add.at(self.visits, np.asarray(prompt_idx_B, dtype=np.int64), 1)
         self.train_seconds += t_end - t_start
         record = StepRecord(
             reward_B=reward_B,

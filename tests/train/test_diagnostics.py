@@ -273,3 +273,15 @@ def test_write_diagnostics_without_run_dir_or_prompts(tmp_path):
     assert not (run / "diagnostics.jsonl").exists()
     text = (ckpt / "diagnostics.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+
+def test_visit_summary_hand_computed_and_in_the_scalar_row():
+    from spo.train.diagnostics import scalar_row, visit_summary
+
+    v = visit_summary([0, 10, 20, 30, 40])  # p10 = 0 + 0.4 * 10, median 20, mean 20
+    assert v == {"min": 0.0, "p10": 4.0, "median": 20.0, "mean": 20.0, "max": 40.0}
+    assert visit_summary([]) == {}
+    summary = {"sampler": dict.fromkeys(("entropy_norm", "perplexity", "ess", "ess_fraction"), 1)}
+    row = scalar_row({**summary, "visits": v}, step=3, samples=100)
+    assert row["visits_min"] == 0.0 and row["visits_median"] == 20.0
+    assert not any(k.startswith("visits") for k in scalar_row(summary, step=3, samples=100))

@@ -154,6 +154,12 @@ def test_resume_is_lossless(tiny_model_dir, task_files, tmp_path, algo, rho):
     _, ids_first = run_collecting_ids(cfg("b", 2))
     resumed, ids_rest = run_collecting_ids(cfg("b", 5, resume=True))
     assert ids_first + ids_rest == ids_straight
+    # visits: samples drawn per prompt, checkpointed (one sample per drawn id here)
+    drawn = np.bincount(np.concatenate(ids_straight), minlength=len(straight.train_examples))
+    assert straight.visits.tolist() == drawn.tolist() == resumed.visits.tolist()
+    assert straight.visits.sum() == straight.samples_seen
+    diag = json.loads((tmp_path / "b/checkpoints/step_000005/diagnostics.json").read_text())
+    assert diag["visits"]["max"] == drawn.max() and diag["visits"]["min"] == drawn.min()
     states = [(straight.tracker.state_dict(), resumed.tracker.state_dict())]
     if algo == "critic":  # the value head: θ, Adam moments, running feature statistics
         states.append((straight.critic.state_dict(), resumed.critic.state_dict()))
