@@ -193,7 +193,9 @@ def paired_wallclock(arms: dict, keys, reference: str = "spo") -> dict:
 # ----------------------------------------------------------------------- plot
 def fig_machinery(summary: dict) -> bytes:
     """Three panels over training samples, seed mean per arm (smoothed): the within-batch
-    variance ratio Var(r − b)/Var(r), the mean ρ applied on revisits, the clip fraction."""
+    variance ratio Var(r − b)/Var(r), the mean ρ applied on revisits (arms whose baseline
+    is the tracker; others run it only to sample prompts), the clip fraction."""
+    from spo.algo.algorithms import ALGORITHMS
     from spo.study.summary import _colors
 
     panels = (
@@ -205,6 +207,8 @@ def fig_machinery(summary: dict) -> bytes:
     colors = _colors(summary)
     for ax, (key, title, scale) in zip(axes, panels, strict=True):
         for arm, a in summary["arms"].items():
+            if key.startswith("rho/") and not ALGORITHMS[a["algo"]].tracker_baseline:
+                continue
             c = a["train_curves"].get(key)
             if c and len(c["mean"]) > 1:
                 y = smooth(np.asarray(c["mean"], float)) * scale
