@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--algos", default="spo,grpo", help="comma list (default spo,grpo)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per algorithm (default 3)")
+    parser.add_argument(
+        "--algo-seeds",
+        default="",
+        metavar="ALGO=N,...",
+        help="seeds for some algorithms instead of --seeds (e.g. rloo=3,critic=3)",
+    )
     parser.add_argument("--ablations", default="", help="comma list of SPO ablations (see below)")
     parser.add_argument("--ablation-seeds", type=int, default=1, help="seeds per ablation")
     parser.add_argument("--out", metavar="DIR", help="study dir (default runs/compare-<config>)")

@@ -140,6 +140,21 @@ def _differences(a: dict, b: dict) -> list[str]:
     return [k for k in keys if k not in IGNORED_KEYS and a.get(k) != b.get(k)]
 
 
+def _algo_seeds(text: str, algos: list[str], default: int) -> dict[str, int]:
+    """--algo-seeds 'rloo=3,critic=3' -> seeds per algorithm (--seeds for the others)."""
+    seeds = dict.fromkeys(algos, default)
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        name, sep, n = item.partition("=")
+        if not sep or not n.strip().isdigit() or int(n) < 1:
+            raise _error(f"--algo-seeds {item!r}: write ALGO=N with N >= 1 (e.g. rloo=3)")
+        if name.strip() not in seeds:
+            raise _error(
+                f"--algo-seeds {item!r}: {name.strip()!r} is not in --algos ({','.join(algos)})"
+            )
+        seeds[name.strip()] = int(n)
+    return seeds
+
+
 def make_plan(args: argparse.Namespace) -> Plan:
     """Validate the request and every arm's config; nothing runs or is written here."""
     config = Path(args.config)
@@ -153,6 +168,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise _error("--calibration must be >= 0 and --init-samples >= 1")
     algos = _names(args.algos, "algo", tuple(ALGORITHMS))
     ablations = _names(args.ablations, "ablation", tuple(ABLATIONS))
+    seeds_of = _algo_seeds(getattr(args, "algo_seeds", "") or "", algos, args.seeds)
     if not algos and not ablations:
         raise _error("nothing to run: give --algos and/or --ablations")
     bad = [o for o in args.overrides if "=" not in o]
@@ -194,7 +210,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     matched = ("steps", "samples_per_step", "optim.updates_per_step")
     for arm, info in arms.items():
         needs_values = arm in ABLATIONS and ABLATIONS[arm].needs_values
-        n_seeds = args.seeds if arm in algos else args.ablation_seeds
+        n_seeds = seeds_of[arm] if arm in algos else args.ablation_seeds
         for seed in range(n_seeds):
             values = out / "values" / f"seed{seed}.parquet" if needs_values else None
             extra = [f"tracker.offline_path={values}"] if values else []

@@ -59,6 +59,9 @@ def test_align_curves_uses_common_steps_and_mean_wall():
         (["--seeds", "0"], "--seeds and --ablation-seeds must be >= 1"),
         (["--ablations", "no_offline_init"], "is the SPO arm itself"),
         (["--reading", "README.md"], "--reading needs --markdown FILE.md"),
+        (["--algo-seeds", "grpo:2"], "--algo-seeds 'grpo:2': write ALGO=N with N >= 1"),
+        (["--algo-seeds", "grpo=0"], "--algo-seeds 'grpo=0': write ALGO=N with N >= 1"),
+        (["--algo-seeds", "rloo=2"], "'rloo' is not in --algos (spo,grpo)"),
         (["--reading", "nope.md", "--markdown", "x.md"], "cannot read --reading nope.md"),
     ],
 )
@@ -323,6 +326,12 @@ def test_run_order_puts_algorithms_first_and_is_seed_major(tmp_path):
         ("no_baseline", 1), ("constant_rho", 1),
     ]  # fmt: skip
     assert [(s.arm, s.seed) for s in plan.runs][:3] == [("spo", 0), ("spo", 1), ("spo", 2)]
+    # --algo-seeds: fewer seeds for one algorithm; the order stays seed-major
+    args.algo_seeds, args.ablations = "critic=1", ""
+    order = [(s.arm, s.seed) for s in compare.run_order(compare.make_plan(args))]
+    assert order == [
+        ("spo", 0), ("grpo", 0), ("critic", 0), ("spo", 1), ("grpo", 1), ("spo", 2), ("grpo", 2)
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------ intervals and pairs
