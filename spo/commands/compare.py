@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from spo.study.compare import ABLATIONS, _error, make_plan, run_plan, train_command
+from spo.study.compare import ABLATIONS, make_plan, run_plan, train_command
 from spo.study.runs import run_state
 
 # ----------------------------------------------------------------------------- CLI
@@ -88,16 +88,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from spo.study.page import render_markdown
     from spo.study.summary import write_summary
+    from spo.train.config import ConfigError
 
     plan = make_plan(args)
     reading = None
     if args.reading:
         if not args.markdown:
-            raise _error("--reading needs --markdown FILE.md (the page it goes into)")
+            raise ConfigError("--reading needs --markdown FILE.md (the page it goes into)")
         try:
             reading = Path(args.reading).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise _error(f"cannot read --reading {args.reading}: {e}") from None
+            raise ConfigError(f"cannot read --reading {args.reading}: {e}") from None
     if args.dry_run:
         for spec in plan.runs:
             state = run_state(spec.run_dir, plan.steps)

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from spo.study.plots import figure, no_data, png, smooth
+from spo.study.plots import arm_colors, figure, no_data, png, smooth
 
 MACHINERY_CURVES = (
     "var/reward",
@@ -154,7 +154,7 @@ def value_at(points: dict, key: str, seconds: float) -> float | None:
 def paired_wallclock(arms: dict, keys, reference: str = "spo") -> dict:
     """{arm: {"time_ratio": t_interval of arm ÷ SPO training seconds, key: t_interval of
     SPO − arm at the faster run's final training seconds, "seconds": those times}}."""
-    from spo.study.summary import t_interval
+    from spo.study.stats import t_interval
 
     if reference not in arms:
         return {}
@@ -196,7 +196,6 @@ def fig_machinery(summary: dict) -> bytes:
     variance ratio Var(r − b)/Var(r), the mean ρ applied on revisits (arms whose baseline
     is the tracker; others run it only to sample prompts), the clip fraction."""
     from spo.algo.algorithms import ALGORITHMS
-    from spo.study.summary import _colors
 
     panels = (
         ("var/ratio", "Var(r − b) / Var(r) within each batch", 1.0),
@@ -204,7 +203,7 @@ def fig_machinery(summary: dict) -> bytes:
         ("train/clip_fraction", "tokens clipped by the PPO ratio clip (%)", 100.0),
     )
     fig, axes = figure(len(panels))
-    colors = _colors(summary)
+    colors = arm_colors(summary)
     for ax, (key, title, scale) in zip(axes, panels, strict=True):
         for arm, a in summary["arms"].items():
             if key.startswith("rho/") and not ALGORITHMS[a["algo"]].tracker_baseline:

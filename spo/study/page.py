@@ -378,7 +378,7 @@ def baseline_of(arm: dict) -> str:
 
 def seed_cell(arm: dict, key: str, scale: float = 1.0, digits: int = 3) -> str:
     """Mean and 95% t-interval over the arm's seeds of a per-run machinery number."""
-    from spo.study.summary import t_interval
+    from spo.study.stats import t_interval
 
     values = [r["machinery"][key] for r in arm["runs"] if key in (r.get("machinery") or {})]
     t = t_interval(values)

@@ -104,3 +104,8 @@ def legend(fig, axes, runs: list[RunData]) -> None:
             handles.setdefault(lab, h)
     if len(handles) > 1 or len(runs) > 1:
         axes[0].legend(handles.values(), handles.keys(), fontsize=8, frameon=False)
+
+
+def arm_colors(summary: dict) -> dict[str, str]:
+    """One color per arm of a study summary, in arm order."""
+    return {arm: COLORS[i % len(COLORS)] for i, arm in enumerate(summary["arms"])}
