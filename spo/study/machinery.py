@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from spo.study.plots import arm_colors, figure, no_data, png, smooth
+from spo.study.stats import finite as _finite
 
 MACHINERY_CURVES = (
     "var/reward",
@@ -41,10 +42,6 @@ MACHINERY_CURVES = (
     "train/approx_kl",
 )
 BOUND_KEYS = ("rho_at_min", "rho_at_max", "rho_inside")
-
-
-def _finite(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _quarter(rows: list[dict], lo: float, hi: float) -> list[dict]:

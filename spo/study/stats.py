@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 
-def _finite(x) -> bool:
+def finite(x) -> bool:
+    """A real int/float that is not NaN/inf (bools excluded)."""
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -45,7 +46,7 @@ def t_quantile(q: float, df: float) -> float:
 def t_interval(values, level: float = 0.95) -> dict:
     """mean, sd (ddof 1), n and the Student-t interval mean ± t((1+level)/2, n−1)·sd/√n of
     the finite values; lo/hi None below two values."""
-    v = np.asarray([x for x in values if _finite(x)], dtype=np.float64)
+    v = np.asarray([x for x in values if finite(x)], dtype=np.float64)
     out = {"mean": None, "std": None, "lo": None, "hi": None, "n": int(v.size), "level": level}
     if v.size == 0:
         return out

@@ -43,7 +43,8 @@ from spo.study.machinery import (
     run_machinery,
 )
 from spo.study.plots import arm_colors, figure, no_data, png
-from spo.study.stats import t_interval, t_quantile  # noqa: F401 (re-exported)
+from spo.study.stats import finite as _finite
+from spo.study.stats import t_interval
 from spo.train.diagnostics import write_json
 
 TRAIN_CURVES = (
@@ -115,10 +116,6 @@ def paired_differences(arms: dict, reference: str = PAIRED_REFERENCE) -> dict:
         if rows:
             out[arm] = rows
     return out
-
-
-def _finite(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def aggregate_dicts(dicts: list[dict]) -> dict:
@@ -396,10 +393,6 @@ def _band(ax, xs, curve, color, label, scale=100.0, style="-"):
     ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
 
 
-def _colors(summary) -> dict[str, str]:
-    return arm_colors(summary)
-
-
 def _label(arm: str, a: dict) -> str:
     return f"{arm} ({a['n_finished']} seed{'s' if a['n_finished'] != 1 else ''})"
 
@@ -408,7 +401,7 @@ def fig_accuracy(summary: dict, x: str) -> bytes:
     k = _k(summary)
     keys = ("greedy", f"avg@{k}", f"maj@{k}")
     fig, axes = figure(len(keys))
-    colors = _colors(summary)
+    colors = arm_colors(summary)
     wall = x == "wall_seconds"
     top = max(
         (
@@ -442,7 +435,7 @@ def fig_signal(summary: dict) -> bytes:
         "adv/abs_le_0.02": "samples with |A| ≤ 0.02",
     }
     fig, axes = figure(len(SIGNAL))
-    colors = _colors(summary)
+    colors = arm_colors(summary)
     for ax, key in zip(axes, SIGNAL, strict=True):
         for arm, a in summary["arms"].items():
             c = a["train_curves"].get(key)
@@ -471,7 +464,7 @@ def variance_key(arm: dict) -> str:
 def fig_variance(summary: dict) -> bytes:
     fig, axes = figure(1, height=3.0)
     ax = axes[0]
-    colors = _colors(summary)
+    colors = arm_colors(summary)
     names, means, lo, hi = [], [], [], []
     for arm, a in summary["arms"].items():
         agg = a["run_mean"].get(variance_key(a))

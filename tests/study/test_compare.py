@@ -338,7 +338,7 @@ def test_run_order_puts_algorithms_first_and_is_seed_major(tmp_path):
 def test_t_quantile_matches_scipy():
     from scipy.stats import t
 
-    from spo.study.summary import t_quantile
+    from spo.study.stats import t_quantile
 
     for df in (1, 2, 3, 4, 5, 7, 10, 29, 100):
         for q in (0.95, 0.975, 0.995, 0.025):
@@ -349,7 +349,7 @@ def test_t_quantile_matches_scipy():
 
 
 def test_t_interval_hand_computed():
-    from spo.study.summary import t_interval
+    from spo.study.stats import t_interval
 
     # mean 0.04, sd 0.03, n 3: half-width t(0.975, 2) · 0.03/√3 = 4.302653 · 0.0173205
     iv = t_interval([0.01, 0.04, 0.07])
