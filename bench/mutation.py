@@ -289,7 +289,9 @@ def _copy_tree(dst: Path, tests_rev: str | None) -> None:
 
 
 def _run_tests(tree: Path, tests: list[str], timeout: float) -> tuple[int, float, str]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # the mutated tree first; an existing PYTHONPATH (extra site dirs) stays behind it
+    extra = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *([extra] if extra else [])])}
     existing = [t for t in tests if (tree / t).exists()]
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *existing]
     t0 = time.perf_counter()
