@@ -16,7 +16,10 @@ Per run (`run_machinery`, from metrics.jsonl rows and the final calibration reco
 - **PPO clipping**: the mean over steps of the share of tokens whose ratio was clipped
   (`train/clip_fraction`) and dual-clipped, the mean approx. KL and the largest ratio.
 
-Across runs (`paired_wallclock`): SPO − arm at **equal training wall-clock**, seed by seed:
+Across runs, seed by seed (seed s of every arm shares its prompts and initial policy):
+`paired_machinery` gives arm − SPO of the per-run numbers above (how an ablation moves
+the variance ratio, ρ, the clip share), and `paired_wallclock` SPO − arm at **equal
+training wall-clock**:
 both runs' held-out curves (eval points vs training seconds, evaluation excluded) are read
 by linear interpolation at the time the faster of the two finished, and the per-seed time
 ratio arm ÷ SPO. Intervals: Student-t over seeds (`spo.study.summary.t_interval`).
@@ -42,6 +45,16 @@ MACHINERY_CURVES = (
     "train/approx_kl",
 )
 BOUND_KEYS = ("rho_at_min", "rho_at_max", "rho_inside")
+# per-run numbers compared seed by seed with SPO's (`paired_machinery`)
+PAIRED_MACHINERY = (
+    "var_ratio_pooled",
+    "var_ratio_pooled_last_quarter",
+    "rho_revisit_mean",
+    "rho_inside",
+    "clip_fraction",
+    "approx_kl",
+    "ratio_max",
+)
 
 
 def _quarter(rows: list[dict], lo: float, hi: float) -> list[dict]:
@@ -146,6 +159,37 @@ def value_at(points: dict, key: str, seconds: float) -> float | None:
         return None
     ts, vs = zip(*pts, strict=True)
     return float(np.interp(seconds, ts, vs))
+
+
+def paired_machinery(arms: dict, keys=PAIRED_MACHINERY, reference: str = "spo") -> dict:
+    """{arm: {key: t_interval of arm − reference over the seeds where both runs have the
+    per-run machinery number `key`, plus "seeds" and "diffs"}}; arms with none left out."""
+    from spo.study.stats import t_interval
+
+    if reference not in arms:
+        return {}
+
+    def per_seed(arm: str) -> dict[int, dict]:
+        return {r["seed"]: r["machinery"] for r in arms[arm]["runs"] if r.get("machinery")}
+
+    ref = per_seed(reference)
+    out = {}
+    for arm in arms:
+        if arm == reference:
+            continue
+        mine, rows = per_seed(arm), {}
+        for key in keys:
+            seeds = sorted(
+                s
+                for s in set(ref) & set(mine)
+                if _finite(ref[s].get(key)) and _finite(mine[s].get(key))
+            )
+            if seeds:
+                diffs = [mine[s][key] - ref[s][key] for s in seeds]
+                rows[key] = {**t_interval(diffs), "seeds": seeds, "diffs": diffs}
+        if rows:
+            out[arm] = rows
+    return out
 
 
 def paired_wallclock(arms: dict, keys, reference: str = "spo") -> dict:

@@ -39,6 +39,7 @@ from spo.study.machinery import (
     MACHINERY_CURVES,
     fig_machinery,
     heldout_points,
+    paired_machinery,
     paired_wallclock,
     run_machinery,
 )
@@ -346,6 +347,7 @@ def build_summary(plan, specs, *, command: str = "", seconds: float = 0.0, train
         "seconds": seconds,
         "arms": arms,
         "paired": paired_differences(arms),
+        "paired_machinery": paired_machinery(arms),
         "paired_wallclock": paired_wallclock(arms, _final_keys(arms)),
         "failed": failed,
     }

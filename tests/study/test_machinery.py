@@ -9,6 +9,7 @@ import pytest
 from spo.study.machinery import (
     heldout_points,
     oracle_end,
+    paired_machinery,
     paired_wallclock,
     pooled_ratio,
     revisit_rho,
@@ -149,3 +150,46 @@ def test_paired_wallclock_reads_both_runs_at_the_faster_runs_end():
     assert out["time_ratio"]["values"] == pytest.approx([2.0, 0.5])
     assert out["seconds"] == [100, 100]
     assert paired_wallclock({"grpo": arms["grpo"]}, ["avg@4"]) == {}
+
+
+def test_paired_machinery_is_arm_minus_spo_over_common_seeds():
+    from spo.study.page import paired_machinery_table
+
+    def arm(runs):
+        return {"runs": [{"seed": s, "machinery": m} for s, m in runs.items()]}
+
+    arms = {
+        "spo": arm(
+            {
+                0: {"var_ratio_pooled": 0.4, "clip_fraction": 0.010, "rho_inside": 0.5},
+                1: {"var_ratio_pooled": 0.5, "clip_fraction": 0.020, "rho_inside": 0.4},
+                2: {"var_ratio_pooled": 0.3, "clip_fraction": 0.015},
+            }
+        ),
+        # no_clip ran seeds 0 and 1 only; seed 1 logged no ρ
+        "no_clip": arm(
+            {
+                0: {"var_ratio_pooled": 0.5, "clip_fraction": 0.0, "rho_inside": 0.6},
+                1: {"var_ratio_pooled": 0.8, "clip_fraction": 0.0},
+            }
+        ),
+        "grpo": {"runs": [{"seed": 0, "machinery": {}}]},  # nothing to compare: left out
+    }
+    out = paired_machinery(arms)
+    assert set(out) == {"no_clip"}
+    var = out["no_clip"]["var_ratio_pooled"]
+    # diffs 0.1 and 0.3: mean 0.2, sd 0.1414, t(0.975, 1) = 12.706 -> ± 12.706 * 0.1
+    assert var["seeds"] == [0, 1] and var["diffs"] == pytest.approx([0.1, 0.3])
+    assert var["mean"] == pytest.approx(0.2)
+    assert (var["lo"], var["hi"]) == pytest.approx((0.2 - 1.27062, 0.2 + 1.27062), abs=1e-4)
+    assert out["no_clip"]["clip_fraction"]["diffs"] == pytest.approx([-0.01, -0.02])
+    rho = out["no_clip"]["rho_inside"]  # only seed 0 has it on both sides: n = 1
+    assert rho["seeds"] == [0] and rho["mean"] == pytest.approx(0.1) and rho["lo"] is None
+    assert paired_machinery({"no_clip": arms["no_clip"]}) == {}
+
+    table = "\n".join(paired_machinery_table({"paired_machinery": out}))
+    row = next(line for line in table.splitlines() if line.startswith("| no_clip − spo"))
+    assert row.startswith("| no_clip − spo | 2 | +0.200 [-1.071, +1.471] |")
+    assert "-1.50 [" in row  # clipped share, pp: mean of -1 and -2
+    assert "+10.0 (n = 1)" in row  # ρ inside, pp, one seed
+    assert paired_machinery_table({"paired_machinery": {}}) == []
