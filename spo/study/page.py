@@ -529,11 +529,19 @@ def paired_machinery_table(summary: dict) -> list[str]:
     cols = [c for c in PAIRED_COLUMNS if any(c[0] in r for r in paired.values())]
     if not cols:
         return []
+    arms = summary.get("arms") or {}
+
+    def cell(arm: str, key: str, show) -> str:
+        a = arms.get(arm)  # ρ only where the tracker is the baseline (as in the ρ table)
+        if key.startswith("rho_") and a and not ALGORITHMS[a["algo"]].tracker_baseline:
+            return "—"
+        return interval_cell(paired[arm].get(key), show)
+
     rows = [
         [
             f"{arm} − spo",
             str(max(len(x["seeds"]) for x in r.values())),
-            *[interval_cell(r.get(key), show) for key, _, show in cols],
+            *[cell(arm, key, show) for key, _, show in cols],
         ]
         for arm, r in paired.items()
     ]
@@ -542,8 +550,8 @@ def paired_machinery_table(summary: dict) -> list[str]:
         "",
         "The per-run numbers of the tables above, arm minus SPO over the seeds both ran "
         "(seed s of every arm shares its prompts and initial policy): mean and 95% "
-        "t-interval. For an ablation this is what removing that one piece changed; a "
-        "dash: the arm does not log it (no ρ without a tracker).",
+        "t-interval. For an ablation this is what removing that one piece changed. A "
+        "dash: not logged, or ρ of an arm whose baseline is not the tracker.",
         "",
         _table(["pair", "n", *[head for _, head, _ in cols]], rows),
         "",

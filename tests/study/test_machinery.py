@@ -193,3 +193,10 @@ def test_paired_machinery_is_arm_minus_spo_over_common_seeds():
     assert "-1.50 [" in row  # clipped share, pp: mean of -1 and -2
     assert "+10.0 (n = 1)" in row  # ρ inside, pp, one seed
     assert paired_machinery_table({"paired_machinery": {}}) == []
+    # a group arm also runs a tracker (for sampling diagnostics); its ρ is not shown
+    grpo = {"rho_inside": {"mean": 0.1, "lo": None, "n": 1, "seeds": [0]}}
+    table = paired_machinery_table(
+        {"paired_machinery": {"grpo": grpo}, "arms": {"grpo": {"algo": "grpo"}}}
+    )
+    rows = "\n".join(table).splitlines()
+    assert [x for x in rows if x.startswith("| grpo")] == ["| grpo − spo | 1 | — |"]
